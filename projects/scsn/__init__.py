@@ -1,0 +1,14 @@
+"""SCSN for fast-reid: the Salience-Guided Cascaded Suppression Network (Chen et al., CVPR 2020).
+
+Importing this package is the registration manifest: it first makes the fastreid 1.4.0 wheel run on
+today's stack (``compat``), then registers every SCSN component in fast-reid's registries.
+"""
+from . import compat
+
+compat.apply()
+
+from . import checks  # noqa: E402
+
+checks.apply()
+
+from .config import add_scsn_config  # noqa: E402,F401

@@ -1,0 +1,266 @@
+"""Make the fastreid 1.4.0 wheel run on Python 3.11, torch 2.x, numpy 2.x, torchvision >= 0.16 and on
+machines without CUDA.
+
+Every patch below names the upstream place it mends (paths inside the installed ``fastreid/``), is as
+narrow as the breakage, and does nothing where upstream is already right (newer fastreid, CUDA present).
+:func:`apply` runs when ``scsn`` is imported: the two import-time shims must be in place before any
+``fastreid.data`` / ``fastreid.engine`` / ``fastreid.evaluation`` module loads.
+
+The measurements behind each patch are in ``shared/notes/fastreid-1.4.0-compat.md`` (numbered there).
+"""
+import collections
+import collections.abc
+import functools
+import logging
+import os
+import subprocess
+import sys
+import types
+import warnings
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_applied = False
+
+
+def _install_import_shims():
+    # (1) data/build.py:11 `from torch._six import string_classes`: torch >= 2 removed torch._six.
+    try:
+        import torch._six  # noqa: F401
+    except ImportError:
+        six = types.ModuleType("torch._six")
+        six.string_classes = (str, bytes)
+        sys.modules["torch._six"] = six
+    # (2) data/build.py:12, evaluation/testing.py:5 `from collections import Mapping`: gone in Python 3.10.
+    if not hasattr(collections, "Mapping"):
+        collections.Mapping = collections.abc.Mapping
+
+
+def _patch_zero_grad():
+    """(4, silent) engine/train_loop.py:248,346 call ``optimizer.zero_grad()``; torch >= 2 defaults to
+    ``set_to_none=True``, which drops the ``.grad`` of the flat buffers built by ``ContiguousParams``
+    (solver/build.py ``build_optimizer(contiguous=True)``), so every ``step()`` skips every parameter."""
+    import fastreid.solver
+    import fastreid.solver.build as solver_build
+
+    upstream = solver_build.build_optimizer
+    if getattr(upstream, "_scsn_patched", False):
+        return
+
+    @functools.wraps(upstream)
+    def build_optimizer(cfg, model, contiguous=True):
+        optimizer, param_wrapper = upstream(cfg, model, contiguous)
+        optimizer.zero_grad = functools.partial(optimizer.zero_grad, set_to_none=False)
+        return optimizer, param_wrapper
+
+    build_optimizer._scsn_patched = True
+    solver_build.build_optimizer = build_optimizer
+    fastreid.solver.build_optimizer = build_optimizer
+    defaults = sys.modules.get("fastreid.engine.defaults")  # imported before scsn: rebind its copy too
+    if defaults is not None:
+        defaults.build_optimizer = build_optimizer
+
+
+def _patch_cpu_data_loader():
+    """(3) data/data_utils.py:151 ``DataLoaderX`` creates a CUDA stream, :127 its background thread calls
+    ``torch.cuda.set_device`` and :182-190 copy batches to the GPU; all fail without a CUDA driver.
+    Without CUDA the batches stay on the CPU, unpinned; with CUDA upstream runs unchanged."""
+    if torch.cuda.is_available():
+        return
+    from fastreid.data import data_utils
+
+    def loader_init(self, local_rank, **kwargs):
+        kwargs["pin_memory"] = False
+        torch.utils.data.DataLoader.__init__(self, **kwargs)
+        self.stream = None
+        self.local_rank = local_rank
+
+    def preload(self):
+        self.batch = next(self.iter, None)
+
+    def next_batch(self):
+        batch = self.batch
+        if batch is None:
+            raise StopIteration
+        self.preload()
+        return batch
+
+    def generator_run(self):
+        for item in self.generator:
+            if self.exit_event.is_set():
+                break
+            self.queue.put(item)
+        self.queue.put(None)
+
+    data_utils.DataLoaderX.__init__ = loader_init
+    data_utils.DataLoaderX.preload = preload
+    data_utils.DataLoaderX.__next__ = next_batch
+    data_utils.BackgroundGenerator.run = generator_run
+
+
+def _patch_random_affine():
+    """(9) data/transforms/build.py:81 ``T.RandomAffine(..., resample=False, fillcolor=0)``: torchvision
+    0.13 removed both keywords (``interpolation`` / ``fill`` replace them)."""
+    import inspect
+
+    import torchvision.transforms as T
+    from fastreid.data.transforms import build as transforms_build
+
+    if "resample" in inspect.signature(T.RandomAffine.__init__).parameters:
+        return
+
+    class RandomAffine(T.RandomAffine):
+        def __init__(self, *args, resample=None, fillcolor=None, **kwargs):
+            if fillcolor is not None:
+                kwargs.setdefault("fill", fillcolor)
+            super().__init__(*args, **kwargs)
+
+    transforms_build.T = types.SimpleNamespace(**{**vars(T), "RandomAffine": RandomAffine})
+
+
+def _patch_cython_evaluator():
+    """(5) evaluation/rank_cylib/__init__.py:15-20 runs ``make`` with whatever ``python3`` is on PATH and
+    calls ``sys.exit(1)`` when that fails, from evaluation/reid_evaluation.py:138 at the first evaluation.
+    The evaluator is compiled at install time instead (:func:`build_cython_evaluator`); at run time a
+    missing build costs one warning and the Python ranking, never the process."""
+    from fastreid.evaluation import reid_evaluation
+
+    def compile_helper():
+        logger.warning(
+            "fastreid's Cython ranking is not built: evaluating with the slower Python ranking. "
+            "Build it once with `python -c 'import scsn.compat as c; c.build_cython_evaluator()'`."
+        )
+
+    reid_evaluation.compile_helper = compile_helper
+
+
+def _patch_python_rank_padding():
+    """(12) evaluation/rank.py:142,156: the Python ranking stacks per-query CMC rows of unequal length
+    (``ValueError: inhomogeneous shape``) when a query keeps fewer than ``max_rank`` gallery items.
+    ``max_rank`` never-matching gallery items are appended at infinite distance: they rank last, so CMC,
+    AP and INP are unchanged and every row reaches ``max_rank``, as in the Cython ranking."""
+    import numpy as np
+    from fastreid.evaluation import rank
+
+    upstream = rank.eval_market1501
+    if getattr(upstream, "_scsn_patched", False):
+        return
+
+    @functools.wraps(upstream)
+    def eval_market1501(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
+        never = min(q_pids.min(), g_pids.min()) - 1
+        distmat = np.pad(distmat, ((0, 0), (0, max_rank)), constant_values=np.inf)
+        g_pids = np.concatenate([g_pids, np.full(max_rank, never, dtype=g_pids.dtype)])
+        g_camids = np.concatenate([g_camids, np.full(max_rank, never, dtype=g_camids.dtype)])
+        return upstream(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
+
+    eval_market1501._scsn_patched = True
+    rank.eval_market1501 = eval_market1501
+
+
+def _patch_cpu_rerank():
+    """(6) utils/compute_dist.py:53 calls ``compute_jaccard_distance(..., search_option=0)``, which moves the
+    features to CUDA (:68) and needs ``faiss.StandardGpuResources`` (:76, absent from faiss-cpu). Without
+    CUDA or faiss-gpu the k-NN search uses faiss's CPU index (``search_option=3``); same algorithm."""
+    import faiss
+    from fastreid.utils import compute_dist
+
+    if torch.cuda.is_available() and hasattr(faiss, "StandardGpuResources"):
+        return
+    upstream = compute_dist.compute_jaccard_distance
+    if getattr(upstream, "_scsn_patched", False):
+        return
+
+    @functools.wraps(upstream)
+    def compute_jaccard_distance(features, k1=20, k2=6, search_option=0, fp16=False):
+        return upstream(features.cpu(), k1=k1, k2=k2, search_option=3, fp16=fp16)
+
+    compute_jaccard_distance._scsn_patched = True
+    compute_dist.compute_jaccard_distance = compute_jaccard_distance
+
+
+def _patch_cpu_launcher():
+    """(8) engine/launch.py:77 asserts CUDA in every spawned worker and :81 asks for NCCL. Without CUDA a
+    multi-process request runs as one process, with a warning, instead of dying in the workers."""
+    if torch.cuda.is_available():
+        return
+    import importlib
+
+    import fastreid.engine
+
+    # `fastreid.engine.launch` is the function (engine/__init__.py star-imports it), not the module.
+    launch_module = importlib.import_module("fastreid.engine.launch")
+
+    upstream = launch_module.launch
+    if getattr(upstream, "_scsn_patched", False):
+        return
+
+    @functools.wraps(upstream)
+    def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist_url=None, args=()):
+        if num_gpus_per_machine * num_machines > 1:
+            warnings.warn(
+                f"--num-gpus {num_gpus_per_machine} x --num-machines {num_machines} asked for, but CUDA is "
+                "not available: running a single CPU process.",
+                stacklevel=2,
+            )
+            num_gpus_per_machine, num_machines = 1, 1
+        return upstream(main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args)
+
+    launch._scsn_patched = True
+    launch_module.launch = launch
+    fastreid.engine.launch = launch
+
+
+def resolve_device(cfg):
+    """(7) engine/train_loop.py:335 ``AMPTrainer`` asserts CUDA, and every ``.to("cuda")`` fails without it.
+    On a machine without CUDA, a config that asks for ``MODEL.DEVICE: cuda`` or ``SOLVER.AMP.ENABLED``
+    runs on the CPU in fp32, with one warning. ``cfg`` must be mutable; it is returned for chaining."""
+    if torch.cuda.is_available():
+        return cfg
+    changed = []
+    if cfg.MODEL.DEVICE.startswith("cuda"):
+        cfg.MODEL.DEVICE = "cpu"
+        changed.append("MODEL.DEVICE cuda -> cpu")
+    if cfg.SOLVER.AMP.ENABLED:
+        cfg.SOLVER.AMP.ENABLED = False
+        changed.append("SOLVER.AMP.ENABLED True -> False")
+    if changed:
+        warnings.warn("CUDA is not available; running on the CPU: " + ", ".join(changed), stacklevel=2)
+    return cfg
+
+
+def build_cython_evaluator():
+    """Compile fastreid's Cython ranking (evaluation/rank_cylib) with *this* interpreter. Called once at
+    install time; returns True when the compiled module imports."""
+    from fastreid.evaluation import rank_cylib
+
+    path = os.path.dirname(rank_cylib.__file__)
+    result = subprocess.run(
+        [sys.executable, "setup.py", "build_ext", "--inplace"], cwd=path, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        logger.warning("Building fastreid's Cython ranking failed:\n%s", result.stderr[-2000:])
+        return False
+    try:
+        from fastreid.evaluation.rank_cylib import rank_cy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def apply():
+    """Apply every patch; idempotent."""
+    global _applied
+    if _applied:
+        return
+    _install_import_shims()
+    _patch_zero_grad()
+    _patch_cpu_data_loader()
+    _patch_random_affine()
+    _patch_cython_evaluator()
+    _patch_python_rank_padding()
+    _patch_cpu_rerank()
+    _patch_cpu_launcher()
+    _applied = True
