@@ -150,6 +150,7 @@ def _patch_python_rank_padding():
 
     @functools.wraps(upstream)
     def eval_market1501(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
+        max_rank = min(max_rank, distmat.shape[1])  # upstream's own cap, before the padding hides it
         never = min(q_pids.min(), g_pids.min()) - 1
         distmat = np.pad(distmat, ((0, 0), (0, max_rank)), constant_values=np.inf)
         g_pids = np.concatenate([g_pids, np.full(max_rank, never, dtype=g_pids.dtype)])

@@ -1,0 +1,28 @@
+# Two commands from a clean clone: `make demo` (train + evaluate SCSN on the embedded synthetic dataset, CPU)
+# and `make test` (the test suite). Both create .venv and install everything on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export FASTREID_DATASETS ?= $(CURDIR)/datasets
+
+.PHONY: install demo test bench clean-venv
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch first: fastreid 1.4.0's metadata pins torch 1.13.1 (no Python 3.11 wheel), so it goes in with --no-deps.
+	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --no-deps fastreid==1.4.0
+	$(PY) -m pip install -e '.[dev]'
+	$(PY) -c "import scsn.compat as c; c.build_cython_evaluator() or print('Cython ranking not built: Python ranking will be used')"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) tools/train_net.py --config-file configs/Synthetic/scsn_r18.yml OUTPUT_DIR logs/demo/$(shell date +%Y%m%d-%H%M%S)
+
+test: install
+	$(PY) -m pytest -q tests
+
+clean-venv:
+	rm -rf $(VENV)
