@@ -12,6 +12,7 @@ import scsn
 from fastreid.config import get_cfg
 from fastreid.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from fastreid.utils.checkpoint import Checkpointer
+from fastreid.utils.env import seed_all_rng
 
 from scsn.evaluation import ChunkedReidEvaluator
 
@@ -45,6 +46,8 @@ def setup(args):
     refuse_to_overwrite(cfg, args)
     cfg.freeze()
     default_setup(cfg, args)
+    if cfg.SEED >= 0:
+        seed_all_rng(cfg.SEED)
     return cfg
 
 

@@ -41,6 +41,9 @@ def add_scsn_config(cfg):
     # Pooling of stages t >= 2 (stage 1 uses POOL_LAYER); §3.4 uses max pooling after suppression.
     _C.MODEL.HEADS.SUPPRESSED_POOL_LAYER = "GlobalMaxPool"
 
+    # Seed of python, numpy and torch RNGs for the run (tools/train_net.py); < 0 draws one, as fast-reid does.
+    _C.SEED = -1
+
     # Weight of each stage's losses (intermediate supervision, eq. 12); [] weighs every stage 1.0.
     _C.MODEL.LOSSES.STAGE_WEIGHTS = []
     return cfg

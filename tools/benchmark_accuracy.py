@@ -1,0 +1,126 @@
+#!/usr/bin/env python
+"""Accuracy benchmark on the synthetic dataset: SCSN against fast-reid's baselines, plus SCSN's ablation ladder.
+
+Every run goes through tools/train_net.py with the same budget (ResNet18 from scratch, 128x64 input, P x I
+batch, epochs, Adam + cosine: the shared block of configs/Synthetic/*.yml) and differs only in the model.
+Runs interleave models within each seed, so a drifting machine does not favour one model. fast-reid's MGN is
+left out by default: its meta-architecture hard-codes ResNet50's bottleneck widths (meta_arch/mgn.py), so it
+cannot run at the shared ResNet18 depth.
+
+    python tools/benchmark_accuracy.py                          # ~30 min on 2 CPU cores
+    python tools/benchmark_accuracy.py --epochs 60 --dataset SyntheticReIDBench --seeds 0,1,2,3,4   # GPU
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCSN = "configs/Synthetic/scsn_r18.yml"
+COMPARISON = {
+    "BoT-R18": ("configs/Synthetic/bagtricks_r18.yml", []),
+    "AGW-R18": ("configs/Synthetic/agw_r18.yml", []),
+    "SBS-R18": ("configs/Synthetic/sbs_r18.yml", []),
+    "SCSN-R18": (SCSN, []),
+}
+# Table 5's ladder at the synthetic budget: each row adds one component to the row above it.
+_PLAIN = ["MODEL.BACKBONE.RDAM.MODE", "none", "MODEL.HEADS.WITH_SFE", "False", "MODEL.HEADS.NUM_STAGES", "1",
+          "MODEL.BACKBONE.NMFF.STAGES", "[]"]
+ABLATION = {
+    "baseline (global branch)": (SCSN, _PLAIN),
+    "+ RDAM": (SCSN, _PLAIN + ["MODEL.BACKBONE.RDAM.MODE", "RDAM"]),
+    "+ RDAM + SFE x1": (SCSN, _PLAIN + ["MODEL.BACKBONE.RDAM.MODE", "RDAM", "MODEL.HEADS.WITH_SFE", "True"]),
+    "+ RDAM + SFE x2": (SCSN, _PLAIN + ["MODEL.BACKBONE.RDAM.MODE", "RDAM", "MODEL.HEADS.WITH_SFE", "True",
+                                        "MODEL.HEADS.NUM_STAGES", "2"]),
+    "+ RDAM + SFE x3": (SCSN, _PLAIN + ["MODEL.BACKBONE.RDAM.MODE", "RDAM", "MODEL.HEADS.WITH_SFE", "True",
+                                        "MODEL.HEADS.NUM_STAGES", "3"]),
+    "+ RDAM + SFE x3 + NMFF (= SCSN)": (SCSN, []),
+}
+
+
+def run(name, config, opts, seed, args):
+    out_dir = os.path.join(args.work_dir, name.replace(" ", "_").replace("/", "-"), f"seed{seed}")
+    cmd = [
+        sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", config, *opts,
+        "DATASETS.NAMES", f'("{args.dataset}",)', "DATASETS.TESTS", f'("{args.dataset}",)', "SEED", str(seed),
+        "SOLVER.MAX_EPOCH", str(args.epochs), "SOLVER.CHECKPOINT_PERIOD", str(args.epochs),
+        "TEST.EVAL_PERIOD", str(args.epochs), "OUTPUT_DIR", out_dir, *args.opts,
+    ]
+    start = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} (seed {seed}) failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
+    with open(os.path.join(out_dir, "metrics.json")) as f:
+        evals = [json.loads(line) for line in f if '"mAP"' in line]
+    result = {k: evals[-1][k] for k in ("Rank-1", "Rank-5", "mAP", "mINP")}
+    result["seconds"] = time.time() - start
+    print(f"  {name:34s} seed {seed}: mAP {result['mAP']:.2f}  Rank-1 {result['Rank-1']:.2f}  "
+          f"({result['seconds']:.0f} s)", flush=True)
+    return result
+
+
+def summarise(runs):
+    rows = {}
+    for name, per_seed in runs.items():
+        m = [r["mAP"] for r in per_seed]
+        r1 = [r["Rank-1"] for r in per_seed]
+        rows[name] = {
+            "mAP_mean": statistics.mean(m), "mAP_std": statistics.stdev(m) if len(m) > 1 else 0.0,
+            "R1_mean": statistics.mean(r1), "R1_std": statistics.stdev(r1) if len(r1) > 1 else 0.0,
+            "seeds": len(m), "runs": per_seed,
+        }
+    return rows
+
+
+def print_table(title, rows):
+    from tabulate import tabulate
+
+    print(f"\n{title}")
+    print(tabulate(
+        [[n, f"{r['mAP_mean']:.2f} ± {r['mAP_std']:.2f}", f"{r['R1_mean']:.2f} ± {r['R1_std']:.2f}", r["seeds"]]
+         for n, r in rows.items()],
+        headers=["model", "mAP (mean ± std)", "Rank-1 (mean ± std)", "seeds"], tablefmt="pipe"))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--dataset", default="SyntheticReID")
+    parser.add_argument("--only", choices=["comparison", "ablation"], help="run one of the two parts")
+    parser.add_argument("--work-dir", default=os.path.join("bench", "accuracy", time.strftime("%Y%m%d-%H%M%S")))
+    parser.add_argument("--out", default="bench/accuracy.json")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run, e.g. MODEL.DEVICE cuda")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+
+    parts = {"comparison": COMPARISON, "ablation": ABLATION}
+    if args.only:
+        parts = {args.only: parts[args.only]}
+    # The full SCSN is the same run in both parts: train it once per seed.
+    plan = {}
+    for part in parts.values():
+        for name, (config, opts) in part.items():
+            plan.setdefault((config, tuple(opts)), name)
+    runs = {key: [] for key in plan}
+    for seed in seeds:
+        print(f"seed {seed}", flush=True)
+        for key, name in plan.items():
+            runs[key].append(run(name, key[0], list(key[1]), seed, args))
+
+    report = {"machine": {"cpu_count": os.cpu_count()}, "args": vars(args)}
+    for title, part in parts.items():
+        rows = summarise({name: runs[(config, tuple(opts))] for name, (config, opts) in part.items()})
+        report[title] = rows
+        print_table(f"{title} ({args.dataset}, {args.epochs} epochs, seeds {args.seeds})", rows)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
