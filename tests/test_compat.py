@@ -180,3 +180,27 @@ def test_resolve_device_leaves_a_cpu_config_alone(cfg):
 
 def test_scsn_exports_config_hook():
     assert callable(scsn.add_scsn_config)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "F", "I", "I;16", "1", "P"])
+def test_to_tensor_matches_torchvision_layout_without_warnings(mode):
+    """(10) numpy 2 refused copy=False for I;16 and 1; ByteStorage.from_buffer warned for every RGB image."""
+    from fastreid.data.transforms import ToTensor
+
+    rng = np.random.default_rng(0)
+    if mode in ("RGB",):
+        pic = Image.fromarray(rng.integers(0, 256, (5, 3, 3), dtype=np.uint8), mode)
+    elif mode == "F":
+        pic = Image.fromarray(rng.random((5, 3), dtype=np.float32), mode)
+    elif mode == "I":
+        pic = Image.fromarray(rng.integers(0, 2 ** 20, (5, 3), dtype=np.int32), mode)
+    else:
+        pic = Image.fromarray(rng.integers(0, 256, (5, 3), dtype=np.uint8), "L").convert(mode)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = ToTensor()(pic)
+    expected = torch.from_numpy(np.array(pic).astype(np.float64))
+    expected = expected * 255 if mode == "1" else expected
+    expected = expected.reshape(5, 3, -1).permute(2, 0, 1)
+    assert out.shape == expected.shape
+    assert torch.equal(out.double(), expected) if mode != "I;16" else torch.equal(out.long(), expected.long())

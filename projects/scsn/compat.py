@@ -120,6 +120,34 @@ def _patch_random_affine():
     transforms_build.T = types.SimpleNamespace(**{**vars(T), "RandomAffine": RandomAffine})
 
 
+def _patch_to_tensor():
+    """(10) data/transforms/functional.py:38-46: ``np.array(pic, dtype, copy=False)`` raises on numpy 2 for PIL
+    modes ``I;16`` and ``1``, and ``torch.ByteStorage.from_buffer`` raises a TypedStorage deprecation warning
+    for every RGB image. Same tensors as upstream (CHW, uint8 images as float in [0, 255])."""
+    import numpy as np
+    from fastreid.data.transforms import functional
+    from fastreid.data.transforms import transforms as fastreid_transforms
+
+    upstream = functional.to_tensor
+    if getattr(upstream, "_scsn_patched", False):
+        return
+    mode_dtypes = {"I": np.int32, "I;16": np.int16, "F": np.float32}
+
+    @functools.wraps(upstream)
+    def to_tensor(pic):
+        if isinstance(pic, np.ndarray):
+            return upstream(pic)
+        array = np.array(pic, mode_dtypes.get(pic.mode, np.uint8))
+        if pic.mode == "1":
+            array = array * np.uint8(255)
+        img = torch.from_numpy(array).view(pic.size[1], pic.size[0], -1).permute(2, 0, 1).contiguous()
+        return img.float() if img.dtype == torch.uint8 else img
+
+    to_tensor._scsn_patched = True
+    functional.to_tensor = to_tensor
+    fastreid_transforms.to_tensor = to_tensor
+
+
 def _patch_cython_evaluator():
     """(5) evaluation/rank_cylib/__init__.py:15-20 runs ``make`` with whatever ``python3`` is on PATH and
     calls ``sys.exit(1)`` when that fails, from evaluation/reid_evaluation.py:138 at the first evaluation.
@@ -260,6 +288,7 @@ def apply():
     _patch_zero_grad()
     _patch_cpu_data_loader()
     _patch_random_affine()
+    _patch_to_tensor()
     _patch_cython_evaluator()
     _patch_python_rank_padding()
     _patch_cpu_rerank()
