@@ -12,3 +12,8 @@ from . import checks  # noqa: E402
 checks.apply()
 
 from .config import add_scsn_config  # noqa: E402,F401
+from .suppression import CascadedSuppressionHead  # noqa: E402,F401
+from .meta_arch import SCSN  # noqa: E402,F401
+from .synthetic import SyntheticReID, SyntheticReIDTiny, SyntheticReIDBench  # noqa: E402,F401
+from .datasets import CUHK03Detected  # noqa: E402,F401
+from .backbone import build_scsn_resnet_backbone  # noqa: E402,F401

@@ -1,0 +1,134 @@
+"""Non-local Multi-stage Feature Fusion, NMFF (§3.2, eqs. 3-5, Figs. 3 and 5).
+
+For every fused low-level stage l an asymmetric non-local block (ANN's AFNB, Zhu et al. ICCV 2019) lets each
+position of the stage-4 map F_h gather context from the pyramid-pooled stage-l map F_l (eqs. 3-4). The fused maps
+of all chosen stages are concatenated and reduced by a 1x1 conv kappa (eq. 5), added to F_h as a residual. kappa
+starts at zero, so the block is exactly the identity at init and leaves the pretrained features undisturbed.
+"""
+from typing import List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastreid.config import configurable
+from fastreid.layers import get_norm
+
+FUSIBLE_STAGES = (1, 2, 3)
+
+
+def check_fusion(stages: Sequence[int], key_channels: int, value_channels: int, pool_bins: Sequence[int]) -> None:
+    """Validate the MODEL.BACKBONE.NMFF keys; ``stages`` may be empty (NMFF off)."""
+    if any(s not in FUSIBLE_STAGES for s in stages) or len(set(stages)) != len(stages):
+        raise ValueError(
+            f"MODEL.BACKBONE.NMFF.STAGES must list distinct low-level ResNet stages out of {list(FUSIBLE_STAGES)} "
+            f"(stage 4 is the map they are fused into), got {list(stages)}."
+        )
+    if key_channels < 1 or value_channels < 1:
+        raise ValueError(
+            f"MODEL.BACKBONE.NMFF.KEY_CHANNELS and VALUE_CHANNELS must be >= 1, got {key_channels} and "
+            f"{value_channels}."
+        )
+    if not pool_bins or any(b < 1 for b in pool_bins):
+        raise ValueError(
+            f"MODEL.BACKBONE.NMFF.POOL_BINS must be a non-empty list of sizes >= 1, got {list(pool_bins)}."
+        )
+
+
+def pyramid_pool(x: torch.Tensor, bins: Sequence[int]) -> torch.Tensor:
+    """Fig. 3: average-pool x (B, C, H, W) to every b x b grid and concatenate -> (B, C, S), S = sum(b * b)."""
+    return torch.cat([F.adaptive_avg_pool2d(x, b).flatten(2) for b in bins], dim=2)
+
+
+class AsymmetricNonLocal(nn.Module):
+    """Eqs. 3-4: queries from the high-level map, keys and values from the pyramid-pooled low-level map.
+
+    ``M = softmax_S(c^-0.5 F_q^T F_k)`` and ``F^{hl} = M F_v``, reshaped to the high-level map's size. Query and key
+    embeddings are 1x1 conv + BN + ReLU and the value embedding a plain 1x1 conv, as in ANN's AFNB.
+    """
+
+    def __init__(
+            self,
+            high_channels: int,
+            low_channels: int,
+            key_channels: int,
+            value_channels: int,
+            pool_bins: Sequence[int] = (1, 3, 6, 8),
+            norm: str = "BN",
+    ):
+        super().__init__()
+        self.pool_bins = tuple(pool_bins)
+        self.scale = key_channels ** -0.5
+        self.query = nn.Sequential(  # kappa_q
+            nn.Conv2d(high_channels, key_channels, kernel_size=1, bias=False),
+            get_norm(norm, key_channels),
+            nn.ReLU(inplace=True),
+        )
+        self.key = nn.Sequential(  # kappa_k
+            nn.Conv2d(low_channels, key_channels, kernel_size=1, bias=False),
+            get_norm(norm, key_channels),
+            nn.ReLU(inplace=True),
+        )
+        self.value = nn.Conv2d(low_channels, value_channels, kernel_size=1)  # kappa_v
+
+    def attention(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        """high: (B, C_h, H_h, W_h), low: (B, C_l, H_l, W_l) -> M^T: (B, N_h, S), each row a softmax over S."""
+        query = self.query(high).flatten(2)  # (B, c, N_h)
+        key = pyramid_pool(self.key(low), self.pool_bins)  # (B, c, S)
+        return torch.softmax(self.scale * query.transpose(1, 2) @ key, dim=2)  # (B, N_h, S)
+
+    def forward(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        """-> F^{hl}: (B, c_f, H_h, W_h)."""
+        b, _, h, w = high.shape
+        similarity = self.attention(high, low)  # (B, N_h, S)
+        value = pyramid_pool(self.value(low), self.pool_bins)  # (B, c_f, S)
+        return (value @ similarity.transpose(1, 2)).reshape(b, -1, h, w)  # (B, c_f, N_h) -> (B, c_f, H_h, W_h)
+
+
+class MultiStageFusion(nn.Module):
+    """The NMFF block, eq. 5: ``F_h + kappa(cat(F^{hl_1}, ..., F^{hl_n}))`` over the fused stages."""
+
+    @configurable
+    def __init__(
+            self,
+            *,
+            stage_channels: Sequence[int],
+            stages: Sequence[int],
+            key_channels: int,
+            value_channels: int,
+            pool_bins: Sequence[int] = (1, 3, 6, 8),
+            norm: str = "BN",
+    ):
+        """stage_channels: channels of ResNet stages 1-4; stages: the low-level stages (1-3) fused into stage 4."""
+        super().__init__()
+        check_fusion(stages, key_channels, value_channels, pool_bins)
+        if not stages:
+            raise ValueError("MODEL.BACKBONE.NMFF.STAGES is empty: NMFF is off, so build no MultiStageFusion.")
+        self.stages = tuple(sorted(stages))
+        high_channels = stage_channels[3]
+        self.non_local = nn.ModuleList([
+            AsymmetricNonLocal(high_channels, stage_channels[s - 1], key_channels, value_channels, pool_bins, norm)
+            for s in self.stages
+        ])
+        self.kappa = nn.Conv2d(len(self.stages) * value_channels, high_channels, kernel_size=1)
+        # Zero kappa: the block starts as the identity on the (pretrained) stage-4 map.
+        nn.init.zeros_(self.kappa.weight)
+        nn.init.zeros_(self.kappa.bias)
+
+    @classmethod
+    def from_config(cls, cfg, stage_channels: Sequence[int]):
+        nmff = cfg.MODEL.BACKBONE.NMFF
+        return {
+            "stage_channels": stage_channels,
+            "stages": list(nmff.STAGES),
+            "key_channels": nmff.KEY_CHANNELS,
+            "value_channels": nmff.VALUE_CHANNELS,
+            "pool_bins": list(nmff.POOL_BINS),
+            "norm": cfg.MODEL.BACKBONE.NORM,
+        }
+
+    def forward(self, features: List[torch.Tensor]) -> torch.Tensor:
+        """features: the maps of stages 1-4, stage 4 (B, C_h, H_h, W_h) last -> F_f: (B, C_h, H_h, W_h)."""
+        high = features[3]
+        fused = [block(high, features[s - 1]) for s, block in zip(self.stages, self.non_local)]  # (B, c_f, H_h, W_h)
+        return high + self.kappa(torch.cat(fused, dim=1))
