@@ -185,3 +185,18 @@ def test_bad_config_names_the_key(r18, key, value):
     r18.merge_from_list([key, value])
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         build_scsn_resnet_backbone(r18)
+
+
+def test_inference_without_graph_matches_with_graph(cfg):
+    """Under no_grad the attention scales in place; the map must be the one autograd mode computes."""
+    cfg.MODEL.BACKBONE.DEPTH = "50x"
+    cfg.MODEL.BACKBONE.NMFF.STAGES = [1, 2, 3]
+    cfg.MODEL.BACKBONE.NMFF.VALUE_CHANNELS = 32
+    cfg.MODEL.BACKBONE.NMFF.KEY_CHANNELS = 16
+    backbone = build_scsn_resnet_backbone(cfg).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(backbone.nmff.kappa.weight, std=0.01)
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        fast = backbone(x)
+    assert torch.allclose(fast, backbone(x), atol=1e-5)

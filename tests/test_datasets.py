@@ -136,3 +136,12 @@ def test_missing_dataset_folder_names_path_and_env_variable(tmp_path, cls, make,
         with pytest.raises(DatasetNotFoundError, match="FASTREID_DATASETS") as error:
             cls(root=str(root))
     assert repr(expected) in str(error.value)
+
+
+def test_missing_msmt17_folder_names_both_versions(tmp_path):
+    root = tmp_path / "datasets"
+    root.mkdir()
+    with pytest.raises(DatasetNotFoundError, match="FASTREID_DATASETS") as error:
+        MSMT17(root=str(root))
+    assert repr(str(root / "MSMT17_V1")) in str(error.value)
+    assert repr(str(root / "MSMT17_V2")) in str(error.value)

@@ -13,6 +13,7 @@ cannot run at the shared ResNet18 depth.
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -53,13 +54,22 @@ def run(name, config, opts, seed, args):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{name} (seed {seed}) failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
-    with open(os.path.join(out_dir, "metrics.json")) as f:
-        evals = [json.loads(line) for line in f if '"mAP"' in line]
-    result = {k: evals[-1][k] for k in ("Rank-1", "Rank-5", "mAP", "mINP")}
+    result = last_metrics(os.path.join(out_dir, "log.txt"), args.dataset)
     result["seconds"] = time.time() - start
     print(f"  {name:34s} seed {seed}: mAP {result['mAP']:.2f}  Rank-1 {result['Rank-1']:.2f}  "
           f"({result['seconds']:.0f} s)", flush=True)
     return result
+
+
+def last_metrics(log_file, dataset):
+    """The last metrics table fast-reid logged for ``dataset``. fast-reid's metrics.json misses the final
+    evaluation: JSONWriter skips scalars put at an iteration it has already written (utils/events.py:104)."""
+    with open(log_file) as f:
+        tables = re.findall(r"(\| Dataset .*\|)\n\|[-:| ]+\|\n(\| " + re.escape(dataset) + r" .*\|)", f.read())
+    header, row = tables[-1]
+    keys = [k.strip() for k in header.strip("|").split("|")]
+    values = [v.strip() for v in row.strip("|").split("|")]
+    return {k: float(v) for k, v in zip(keys[1:], values[1:]) if k in ("Rank-1", "Rank-5", "mAP", "mINP")}
 
 
 def summarise(runs):

@@ -12,7 +12,9 @@ import scsn
 from fastreid.config import get_cfg
 from fastreid.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from fastreid.utils.checkpoint import Checkpointer
+from fastreid.utils import comm
 from fastreid.utils.env import seed_all_rng
+from fastreid.utils.logger import setup_logger
 
 from scsn.evaluation import ChunkedReidEvaluator
 
@@ -46,6 +48,7 @@ def setup(args):
     refuse_to_overwrite(cfg, args)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="scsn")
     if cfg.SEED >= 0:
         seed_all_rng(cfg.SEED)
     return cfg

@@ -44,6 +44,12 @@ def check_attention(mode: str, reduction: int, spatial_kernel: int) -> Attention
     return ATTENTION_MODES[mode]
 
 
+def scale(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``x * weights``, in place when no graph is recorded: the attention input is a block-internal temporary, and on
+    the CPU a fresh feature-map-sized result costs more (allocation, page faults) than the product itself."""
+    return x * weights if torch.is_grad_enabled() else x.mul_(weights)
+
+
 class ChannelAttention(nn.Module):
     """CAM, eq. 1: ``A_c = sigmoid(W2 relu(W1 M_avg) + W2 relu(W1 M_max))``; output ``x * A_c`` channel-wise.
 
@@ -63,7 +69,7 @@ class ChannelAttention(nn.Module):
         """x: (B, C, H, W) -> (B, C, H, W)."""
         descriptors = torch.stack([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))])  # (2, B, C): M_avg, M_max
         weights = torch.sigmoid(self.mlp(descriptors).sum(dim=0))  # (B, C)
-        return x * weights[:, :, None, None]
+        return scale(x, weights[:, :, None, None])
 
 
 class SpatialAttention(nn.Module):
@@ -89,10 +95,10 @@ class SpatialAttention(nn.Module):
         pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)  # (B, 2, H, W)
         logits = self.conv(pooled)  # (B, 1, H, W): w_n
         if self.gamma is None:
-            return x * torch.sigmoid(logits), None
+            return scale(x, torch.sigmoid(logits)), None
         previous = torch.zeros_like(logits) if carry is None else carry
         logits = previous + self.gamma * (logits - previous)  # a_n
-        return x * torch.sigmoid(logits), logits
+        return scale(x, torch.sigmoid(logits)), logits
 
 
 class DualAttention(nn.Module):

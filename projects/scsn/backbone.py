@@ -146,7 +146,8 @@ class SCSNResNet(nn.Module):
                 out = block.relu(out)
         out, carry = attention(block.se(out), carry)
         identity = x if block.downsample is None else block.downsample(x)
-        return block.relu(out + identity), carry
+        out += identity  # in place, as fast-reid's blocks do: no backward needs the attention's output
+        return block.relu(out), carry
 
     def stage_features(self, x: torch.Tensor) -> List[torch.Tensor]:
         """x: (B, 3, H, W) images -> the maps of stages 1-4, each (B, C_i, H_i, W_i), before NMFF."""

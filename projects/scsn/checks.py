@@ -7,7 +7,7 @@ import functools
 import os
 
 from fastreid.data import common
-from fastreid.data.datasets import bases
+from fastreid.data.datasets import bases, msmt17
 from fastreid.modeling.backbones import resnet
 
 
@@ -29,12 +29,29 @@ def _check_before_run(self, required_files):
         required_files = [required_files]
     missing = [f for f in required_files if not os.path.exists(f)]
     if missing:
-        raise DatasetNotFoundError(
-            f"{type(self).__name__}: dataset folder {os.path.abspath(missing[0])!r} does not exist. "
-            f"Datasets are looked for under $FASTREID_DATASETS "
-            f"(now {os.environ.get('FASTREID_DATASETS', 'unset; default ./datasets')!r}), which must be set "
-            "before fastreid or scsn is imported. See README.md, 'Datasets', for each dataset's layout."
-        )
+        raise _not_found(type(self).__name__, repr(os.path.abspath(missing[0])))
+
+
+def _not_found(dataset, where):
+    return DatasetNotFoundError(
+        f"{dataset}: dataset folder {where} does not exist. "
+        f"Datasets are looked for under $FASTREID_DATASETS "
+        f"(now {os.environ.get('FASTREID_DATASETS', 'unset; default ./datasets')!r}), which must be set "
+        "before fastreid or scsn is imported. See README.md, 'Datasets', for each dataset's layout."
+    )
+
+
+def _guard_msmt17_init(upstream):
+    """data/datasets/msmt17.py:58 asserts ``'Dataset folder not found'`` before check_before_run can name it."""
+
+    @functools.wraps(upstream)
+    def __init__(self, root="datasets", **kwargs):
+        candidates = [os.path.join(os.path.abspath(root), v) for v in msmt17.VERSION_DICT]
+        if not any(os.path.isdir(c) for c in candidates):
+            raise _not_found("MSMT17", " or ".join(repr(c) for c in candidates))
+        return upstream(self, root, **kwargs)
+
+    return __init__
 
 
 def _guard_pretrained_download(upstream):
@@ -72,6 +89,8 @@ def _guard_read_image(upstream):
 def apply():
     if bases.Dataset.check_before_run is not _check_before_run:
         bases.Dataset.check_before_run = _check_before_run
+    if not hasattr(msmt17.MSMT17.__init__, "__wrapped__"):
+        msmt17.MSMT17.__init__ = _guard_msmt17_init(msmt17.MSMT17.__init__)
     if not hasattr(resnet.init_pretrained_weights, "__wrapped__"):
         resnet.init_pretrained_weights = _guard_pretrained_download(resnet.init_pretrained_weights)
     if not hasattr(common.read_image, "__wrapped__"):

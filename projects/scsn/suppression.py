@@ -77,14 +77,18 @@ class SalientFeatureExtraction(nn.Module):
             "norm": cfg.MODEL.HEADS.NORM,
         }
 
-    def forward(self, x: torch.Tensor):
-        """x: (B, C, H, W) -> Sal(x): (B, C, H, W) and the stripe weights W: (B, K)."""
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) -> the stripe weights W: (B, K), eq. 7."""
         b, _, h, w = x.shape
         rows = stripe_height(h, self.num_stripes)
         descriptor = self.descriptor(x)  # (B, 1, H, W)
         z = descriptor.reshape(b, self.num_stripes, rows * w).mean(dim=2)  # (B, K): per-stripe average pooling
-        weights = z.softmax(dim=1)  # (B, K), eq. 7
-        return x * expand_stripes(weights, rows), weights  # eq. 6: every row of stripe k scaled by w_k
+        return z.softmax(dim=1)
+
+    def forward(self, x: torch.Tensor):
+        """x: (B, C, H, W) -> Sal(x): (B, C, H, W) and the stripe weights W: (B, K)."""
+        weights = self.weights(x)
+        return x * expand_stripes(weights, x.shape[2] // self.num_stripes), weights  # eq. 6: stripe k scaled by w_k
 
 
 class CascadeStage(NamedTuple):
@@ -186,8 +190,8 @@ class CascadedSuppressionHead(nn.Module):
             if self.sfe is None:
                 y, weights = x, None
             else:
-                salient, weights = self.sfe[t](x)
-                y = x + salient  # eq. 8
+                weights = self.sfe[t].weights(x)
+                y = x * (1 + expand_stripes(weights, rows))  # eq. 8, X + Sal(X), in one pass over the map
             stages.append(CascadeStage(x, y, weights, kept))
             if t + 1 < self.num_stages:
                 suppressed = self._most_salient(weights, kept)  # (B, K)
