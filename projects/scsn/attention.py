@@ -8,6 +8,7 @@ explicitly, ``forward(x, carry) -> (out, carry)``, so that the module holds no s
 from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fastreid.config import configurable
@@ -50,6 +51,24 @@ def scale(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return x * weights if torch.is_grad_enabled() else x.mul_(weights)
 
 
+class ChannelMax(torch.autograd.Function):
+    """``x.amax(dim=1, keepdim=True)`` whose backward hands the gradient to the maximal channels. amax's own backward
+    splits it evenly over ties, a count and a division over the whole map that made it the costliest op of a CPU
+    training step; ties between float activations have measure zero, so the gradients agree."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) -> (B, 1, H, W)."""
+        maxima = x.amax(dim=1, keepdim=True)
+        ctx.save_for_backward(x, maxima)
+        return maxima
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        x, maxima = ctx.saved_tensors
+        return torch.where(x == maxima, grad, 0.0)
+
+
 class ChannelAttention(nn.Module):
     """CAM, eq. 1: ``A_c = sigmoid(W2 relu(W1 M_avg) + W2 relu(W1 M_max))``; output ``x * A_c`` channel-wise.
 
@@ -67,7 +86,10 @@ class ChannelAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) -> (B, C, H, W)."""
-        descriptors = torch.stack([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))])  # (2, B, C): M_avg, M_max
+        # Sum then divide: mean's backward divides a whole map-sized gradient, sum's only broadcasts. Max pooling with
+        # indices: its backward scatters, where amax's even split over ties counts and divides.
+        average = x.sum(dim=(2, 3)) / (x.shape[2] * x.shape[3])
+        descriptors = torch.stack([average, F.adaptive_max_pool2d(x, 1).flatten(1)])  # (2, B, C): M_avg, M_max
         weights = torch.sigmoid(self.mlp(descriptors).sum(dim=0))  # (B, C)
         return scale(x, weights[:, :, None, None])
 
@@ -92,7 +114,8 @@ class SpatialAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, carry: Carry = None) -> Tuple[torch.Tensor, Carry]:
         """x: (B, C, H, W), carry: a_{n-1} (B, 1, H, W) or None for a_0 = 0 -> (x * A_n, a_n or None for SAM)."""
-        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)  # (B, 2, H, W)
+        average = x.sum(dim=1, keepdim=True) / x.shape[1]  # channel mean; see ChannelAttention.forward
+        pooled = torch.cat([average, ChannelMax.apply(x)], dim=1)  # (B, 2, H, W)
         logits = self.conv(pooled)  # (B, 1, H, W): w_n
         if self.gamma is None:
             return scale(x, torch.sigmoid(logits)), None
