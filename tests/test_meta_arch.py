@@ -152,3 +152,20 @@ def test_full_scsn_model_with_scsn_backbone(scsn_cfg):
     model.eval()
     with torch.no_grad():
         assert model(batch()).shape == (8, 3 * 32)
+
+
+def test_nan_loss_stops_training_before_the_update_and_names_the_losses(scsn_cfg):
+    from fastreid.engine.train_loop import SimpleTrainer
+    from fastreid.solver import build_optimizer
+
+    model = build_model(scsn_cfg).train()
+    optimizer, param_wrapper = build_optimizer(scsn_cfg, model)
+    data = batch()
+    data["images"][0, :, :, :] = float("nan")
+    trainer = SimpleTrainer(model, iter([data]), optimizer, param_wrapper)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with EventStorage(0) as storage:
+        trainer.storage, trainer.iter = storage, 0
+        with pytest.raises(FloatingPointError, match="loss_cls_s1"):
+            trainer.run_step()
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
