@@ -50,11 +50,20 @@ def run(name, config, opts, seed, args):
         "SOLVER.MAX_EPOCH", str(args.epochs), "SOLVER.CHECKPOINT_PERIOD", str(args.epochs),
         "TEST.EVAL_PERIOD", str(args.epochs), "OUTPUT_DIR", out_dir, *args.opts,
     ]
+    log_file = os.path.join(out_dir, "log.txt")
+    if os.path.isfile(os.path.join(out_dir, "model_final.pth")):  # finished by an earlier, interrupted invocation
+        result = last_metrics(log_file, args.dataset)
+        result["seconds"] = None
+        print(f"  {name:34s} seed {seed}: mAP {result['mAP']:.2f}  Rank-1 {result['Rank-1']:.2f}  "
+              f"(reused {out_dir})", flush=True)
+        return result
+    if os.path.isdir(out_dir):
+        cmd.insert(2, "--resume")  # a run cut off mid-way continues from its last checkpoint, if any
     start = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{name} (seed {seed}) failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
-    result = last_metrics(os.path.join(out_dir, "log.txt"), args.dataset)
+    result = last_metrics(log_file, args.dataset)
     result["seconds"] = time.time() - start
     print(f"  {name:34s} seed {seed}: mAP {result['mAP']:.2f}  Rank-1 {result['Rank-1']:.2f}  "
           f"({result['seconds']:.0f} s)", flush=True)
@@ -98,34 +107,38 @@ def print_table(title, rows):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--ablation-seeds", help="seeds of the ablation ladder (default: --seeds)")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--dataset", default="SyntheticReID")
     parser.add_argument("--only", choices=["comparison", "ablation"], help="run one of the two parts")
-    parser.add_argument("--work-dir", default=os.path.join("bench", "accuracy", time.strftime("%Y%m%d-%H%M%S")))
+    parser.add_argument("--work-dir", default=os.path.join("bench", "accuracy", time.strftime("%Y%m%d-%H%M%S")),
+                        help="where the runs go; pass an earlier invocation's folder to reuse its finished runs")
     parser.add_argument("--out", default="bench/accuracy.json")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run, e.g. MODEL.DEVICE cuda")
     args = parser.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = {"comparison": [int(s) for s in args.seeds.split(",")],
+             "ablation": [int(s) for s in (args.ablation_seeds or args.seeds).split(",")]}
 
     parts = {"comparison": COMPARISON, "ablation": ABLATION}
     if args.only:
         parts = {args.only: parts[args.only]}
-    # The full SCSN is the same run in both parts: train it once per seed.
-    plan = {}
-    for part in parts.values():
-        for name, (config, opts) in part.items():
-            plan.setdefault((config, tuple(opts)), name)
-    runs = {key: [] for key in plan}
-    for seed in seeds:
+    # The full SCSN is the same run in both parts: train it once per seed. Seeds are the outer loop, so that an
+    # interrupted benchmark has whole seeds to show.
+    runs = {}
+    for seed in sorted(set().union(*(seeds[title] for title in parts))):
         print(f"seed {seed}", flush=True)
-        for key, name in plan.items():
-            runs[key].append(run(name, key[0], list(key[1]), seed, args))
+        for title, part in parts.items():
+            for name, (config, opts) in part.items():
+                key = (config, tuple(opts), seed)
+                if seed in seeds[title] and key not in runs:
+                    runs[key] = run(name, config, list(opts), seed, args)
 
     report = {"machine": {"cpu_count": os.cpu_count()}, "args": vars(args)}
     for title, part in parts.items():
-        rows = summarise({name: runs[(config, tuple(opts))] for name, (config, opts) in part.items()})
+        rows = summarise({name: [runs[(config, tuple(opts), seed)] for seed in seeds[title]]
+                          for name, (config, opts) in part.items()})
         report[title] = rows
-        print_table(f"{title} ({args.dataset}, {args.epochs} epochs, seeds {args.seeds})", rows)
+        print_table(f"{title} ({args.dataset}, {args.epochs} epochs, seeds {seeds[title]})", rows)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
