@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from scsn.evaluation import logged_metrics
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
     "DATASETS.NAMES", '("SyntheticReIDTiny",)', "DATASETS.TESTS", '("SyntheticReIDTiny",)',
@@ -23,14 +25,8 @@ def train_net(datasets, *args):
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def metrics(log, dataset="SyntheticReIDTiny"):
-    """Every metrics row fast-reid's print_csv_format logged, as dicts."""
-    rows = []
-    for header, row in re.findall(r"(\| Dataset .*\|)\n\|[-:| ]+\|\n(\| " + dataset + r" .*\|)", log):
-        keys = [k.strip() for k in header.strip("|").split("|")]
-        values = [v.strip() for v in row.strip("|").split("|")]
-        rows.append({k: float(v) for k, v in zip(keys[1:], values[1:])})
-    return rows
+def metrics(log):
+    return logged_metrics(log, "SyntheticReIDTiny")
 
 
 @pytest.mark.parametrize("config", ["configs/Synthetic/bagtricks_r18.yml", "configs/Synthetic/scsn_r18.yml"])

@@ -18,11 +18,12 @@ the default (4 models x 3 seeds, plus the 5 further ladder rows on seed 0) takes
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import time
+
+from scsn.evaluation import logged_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCSN = "configs/Synthetic/scsn_r18.yml"
@@ -76,14 +77,10 @@ def run(name, config, opts, seed, args):
 
 
 def last_metrics(log_file, dataset):
-    """The last metrics table fast-reid logged for ``dataset``. fast-reid's metrics.json misses the final
-    evaluation: JSONWriter skips scalars put at an iteration it has already written (utils/events.py:104)."""
+    """The last metrics table fast-reid logged for ``dataset`` in ``log_file``."""
     with open(log_file) as f:
-        tables = re.findall(r"(\| Dataset .*\|)\n\|[-:| ]+\|\n(\| " + re.escape(dataset) + r" .*\|)", f.read())
-    header, row = tables[-1]
-    keys = [k.strip() for k in header.strip("|").split("|")]
-    values = [v.strip() for v in row.strip("|").split("|")]
-    return {k: float(v) for k, v in zip(keys[1:], values[1:]) if k in ("Rank-1", "Rank-5", "mAP", "mINP")}
+        table = logged_metrics(f.read(), dataset)[-1]
+    return {k: table[k] for k in ("Rank-1", "Rank-5", "mAP", "mINP")}
 
 
 def summarise(runs):

@@ -28,6 +28,7 @@ import collections
 import copy
 import itertools
 import logging
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -40,7 +41,8 @@ from fastreid.utils import comm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ChunkedReidEvaluator", "QueryBlockDistance", "aqe_blockwise", "block_slices", "valid_queries"]
+__all__ = ["ChunkedReidEvaluator", "QueryBlockDistance", "aqe_blockwise", "block_slices", "logged_metrics",
+           "valid_queries"]
 
 METRICS = ("cosine", "euclidean")
 # Blocks are made smaller than ``chunk_bytes`` allows, to give every ranking thread work, only down to this
@@ -239,3 +241,15 @@ class ChunkedReidEvaluator(ReidEvaluator):
         all_AP = np.concatenate([np.asarray(ap) for _, ap, _ in ranked])
         all_INP = np.concatenate([np.asarray(inp) for _, _, inp in ranked])
         return cmc, all_AP, all_INP
+
+
+def logged_metrics(log, dataset):
+    """Every metrics table fast-reid's ``print_csv_format`` logged for ``dataset`` in the text ``log``, in order,
+    as ``{"Rank-1": ..., "mAP": ..., ...}`` dicts. fast-reid's metrics.json misses the final evaluation: its
+    JSONWriter skips scalars put at an iteration it has already written (utils/events.py:104)."""
+    rows = []
+    for header, row in re.findall(r"(\| Dataset .*\|)\n\|[-:| ]+\|\n(\| " + re.escape(dataset) + r" .*\|)", log):
+        keys = [k.strip() for k in header.strip("|").split("|")]
+        values = [v.strip() for v in row.strip("|").split("|")]
+        rows.append({k: float(v) for k, v in zip(keys[1:], values[1:])})
+    return rows
