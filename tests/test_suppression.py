@@ -98,17 +98,24 @@ def test_cascade_suppresses_most_salient_kept_stripes_cumulatively(num_stages, n
             assert bool((later_stripes[~stages[t].kept] == 0).all())
 
 
-def test_suppressed_stripes_are_not_chosen_again_even_when_they_weigh_most():
+def test_suppressed_stripes_take_no_softmax_mass_even_when_their_descriptor_is_largest():
     head = make_head(num_stages=3).eval()
     for sfe in head.sfe:
         with torch.no_grad():
             sfe.descriptor[0].weight.fill_(-1.0)
             sfe.descriptor[1].bias.fill_(1.0)
-    # Descriptor relu(1 - sum_c x): a zeroed stripe (descriptor 1) outweighs every positive stripe.
+    # Descriptor relu(1 - sum_c x): a zeroed stripe (descriptor 1) would outweigh every positive stripe.
     features = torch.rand(2, 4, 8, 2) * 0.1 + 0.01
     stages = head.cascade(features)
-    suppressed_first = ~stages[1].kept
-    assert bool((stages[1].weights[suppressed_first] > stages[1].weights[stages[1].kept].max()).all())
+    for t in (1, 2):
+        stage = stages[t]
+        assert bool((stage.weights[~stage.kept] == 0).all())
+        assert torch.allclose(stage.weights.sum(dim=1), torch.ones(2))
+        # The kept stripes' weights are eq. 7's softmax over the kept stripes alone.
+        z = head.sfe[t].descriptor(stage.x).view(2, 4, 2 * 2).mean(dim=2)
+        for b in range(2):
+            expected = z[b][stage.kept[b]].softmax(dim=0)
+            assert torch.allclose(stage.weights[b][stage.kept[b]], expected)
     assert (~stages[2].kept).sum(dim=1).tolist() == [2, 2]
 
 

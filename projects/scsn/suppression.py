@@ -77,17 +77,24 @@ class SalientFeatureExtraction(nn.Module):
             "norm": cfg.MODEL.HEADS.NORM,
         }
 
-    def weights(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, H, W) -> the stripe weights W: (B, K), eq. 7."""
+    def weights(self, x: torch.Tensor, kept: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: (B, C, H, W), kept: (B, K) bool or None for all -> the stripe weights W: (B, K), eq. 7.
+
+        The softmax runs over the kept stripes only: a suppressed stripe of X^t is all zero, so it holds no feature
+        to select (eq. 6 gives it Sal = 0 whatever its weight), and its descriptor ReLU(BN(0)) is a constant that
+        would otherwise take softmax mass from the stripes stage t is meant to choose among (§3.4).
+        """
         b, _, h, w = x.shape
         rows = stripe_height(h, self.num_stripes)
         descriptor = self.descriptor(x)  # (B, 1, H, W)
         z = descriptor.reshape(b, self.num_stripes, rows * w).mean(dim=2)  # (B, K): per-stripe average pooling
+        if kept is not None:
+            z = z.masked_fill(~kept, float("-inf"))
         return z.softmax(dim=1)
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, kept: Optional[torch.Tensor] = None):
         """x: (B, C, H, W) -> Sal(x): (B, C, H, W) and the stripe weights W: (B, K)."""
-        weights = self.weights(x)
+        weights = self.weights(x, kept)
         return x * expand_stripes(weights, x.shape[2] // self.num_stripes), weights  # eq. 6: stripe k scaled by w_k
 
 
@@ -190,7 +197,7 @@ class CascadedSuppressionHead(nn.Module):
             if self.sfe is None:
                 y, weights = x, None
             else:
-                weights = self.sfe[t].weights(x)
+                weights = self.sfe[t].weights(x, kept)
                 y = x * (1 + expand_stripes(weights, rows))  # eq. 8, X + Sal(X), in one pass over the map
             stages.append(CascadeStage(x, y, weights, kept))
             if t + 1 < self.num_stages:
