@@ -7,6 +7,7 @@ input, ``X^{t+1} = X^t * B(X^t)`` (eq. 9). The re-id descriptor is the concatena
 from typing import List, NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fastreid.config import configurable
@@ -98,6 +99,40 @@ class SalientFeatureExtraction(nn.Module):
         return x * expand_stripes(weights, x.shape[2] // self.num_stripes), weights  # eq. 6: stripe k scaled by w_k
 
 
+class StageEmbeddingHead(EmbeddingHead):
+    """One cascade stage's embedding (§3.4): global pooling of Y^t, an FC reduction of the pooled vector
+    (``embedding_dim``; 0 keeps it), fast-reid's BNNeck and classifier.
+
+    Same modules and parameters as fast-reid's ``EmbeddingHead``; only the feature the metric losses read differs
+    when there is a reduction: ``neck_feat="before"`` is the vector just before the BN neck, i.e. the reduced
+    embedding (BoT's f_t: triplet before the BN neck, softmax and retrieval after it), where ``EmbeddingHead``
+    would hand the triplet loss the pooled vector from before the FC. Without reduction both are the pooled vector.
+    """
+
+    @configurable
+    def __init__(self, *, with_bnneck: bool, **kwargs):
+        super().__init__(with_bnneck=with_bnneck, **kwargs)
+        if kwargs["neck_feat"] not in ("before", "after"):
+            raise ValueError(f"MODEL.HEADS.NECK_FEAT must be 'before' or 'after', got {kwargs['neck_feat']!r}.")
+        self.num_reduction = len(self.bottleneck) - int(with_bnneck)  # bottleneck = [FC reduction], [BN neck]
+
+    def forward(self, features: torch.Tensor, targets: Optional[torch.Tensor] = None):
+        """features: (B, C, H, W) -> (B, D) neck feature (eval) or fast-reid's head output dict (training)."""
+        embedding = self.bottleneck[:self.num_reduction](self.pool_layer(features))  # (B, D, 1, 1)
+        neck_feat = self.bottleneck[self.num_reduction:](embedding)[..., 0, 0]  # (B, D)
+        if not self.training:
+            return neck_feat
+        if self.cls_layer.__class__.__name__ == "Linear":
+            logits = F.linear(neck_feat, self.weight)
+        else:
+            logits = F.linear(F.normalize(neck_feat), F.normalize(self.weight))
+        return {
+            "cls_outputs": self.cls_layer(logits.clone(), targets),  # clone: the margin layers work in place
+            "pred_class_logits": logits.mul(self.cls_layer.s),
+            "features": embedding[..., 0, 0] if self.neck_feat == "before" else neck_feat,
+        }
+
+
 class CascadeStage(NamedTuple):
     """One stage's tensors: input X^t (B, C, H, W), boosted Y^t (B, C, H, W), SFE weights (B, K) or None, and
     kept (B, K) bool, the stripes of X^t not yet suppressed."""
@@ -146,7 +181,7 @@ class CascadedSuppressionHead(nn.Module):
         # Stage 1 sees the whole map; after suppression the zeroed stripes bias the mean, so later stages use
         # SUPPRESSED_POOL_LAYER (max pooling in §3.4).
         self.stage_heads = nn.ModuleList([
-            EmbeddingHead(
+            StageEmbeddingHead(
                 feat_dim=feat_dim,
                 embedding_dim=embedding_dim,
                 num_classes=num_classes,
