@@ -169,3 +169,40 @@ def test_nan_loss_stops_training_before_the_update_and_names_the_losses(scsn_cfg
         with pytest.raises(FloatingPointError, match="loss_cls_s1"):
             trainer.run_step()
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def _merged(path, *opts):
+    from fastreid.config import get_cfg
+
+    import scsn
+
+    c = get_cfg()
+    scsn.add_scsn_config(c)
+    c.merge_from_file(path)
+    c.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.BACKBONE.PRETRAIN", False, "MODEL.HEADS.NUM_CLASSES", 4,
+                       "INPUT.SIZE_TRAIN", [64, 32], "INPUT.SIZE_TEST", [64, 32], "MODEL.HEADS.NUM_STRIPES", 4,
+                       *opts])
+    return c
+
+
+def test_scsn_with_every_module_off_is_fastreids_baseline():
+    """No attention, no NMFF, one stage without SFE, BoT's head: the same weights give fast-reid's Baseline (BoT)
+    descriptor and losses, so any difference between SCSN and BoT comes from SCSN's own modules."""
+    off = ["MODEL.BACKBONE.RDAM.MODE", "none", "MODEL.BACKBONE.NMFF.STAGES", [], "MODEL.HEADS.WITH_SFE", False,
+           "MODEL.HEADS.NUM_STAGES", 1, "MODEL.HEADS.EMBEDDING_DIM", 0, "MODEL.HEADS.NECK_FEAT", "before",
+           "MODEL.HEADS.POOL_LAYER", "GlobalAvgPool", "MODEL.LOSSES.TRI.MARGIN", 0.3,
+           "MODEL.HEADS.CLS_LAYER", "Linear", "MODEL.HEADS.SCALE", 1, "MODEL.HEADS.MARGIN", 0.0]
+    torch.manual_seed(0)
+    scsn_model = build_model(_merged("configs/Synthetic/scsn_r18.yml", *off))
+    bot = build_model(_merged("configs/Synthetic/bagtricks_r18.yml"))
+    state = {k.replace("heads.stage_heads.0.", "heads."): v for k, v in scsn_model.state_dict().items()}
+    bot.load_state_dict(state, strict=True)  # every parameter and buffer maps one to one
+
+    scsn_model.train(), bot.train()
+    with EventStorage(0):
+        expected, actual = bot(batch()), scsn_model(batch())
+    assert {k: v.item() for k, v in actual.items()} == pytest.approx(
+        {f"{k}_s1": v.item() for k, v in expected.items()}, rel=1e-6)
+    scsn_model.eval(), bot.eval()
+    with torch.no_grad():
+        assert torch.allclose(scsn_model(batch(1)), bot(batch(1)), atol=1e-6)

@@ -196,3 +196,42 @@ def test_largest_valid_cascade_keeps_one_stripe(head_cfg):
 def test_head_rejects_height_not_divisible_by_stripes():
     with pytest.raises(ValueError, match=r"MODEL\.HEADS\.NUM_STRIPES=4.*INPUT\.SIZE_TRAIN"):
         make_head(num_stages=1, with_sfe=False)(torch.rand(1, 4, 6, 2))
+
+
+def stage_head(embedding_dim, neck_feat, head_cls=None):
+    from scsn.suppression import StageEmbeddingHead
+
+    torch.manual_seed(4)
+    return (head_cls or StageEmbeddingHead)(
+        feat_dim=8, embedding_dim=embedding_dim, num_classes=3, neck_feat=neck_feat, pool_type="GlobalAvgPool",
+        cls_type="Linear", scale=1, margin=0.0, with_bnneck=True, norm_type="BN").train()
+
+
+@pytest.mark.parametrize("neck_feat", ["before", "after"])
+def test_stage_head_routes_the_metric_feature(neck_feat):
+    head = stage_head(6, neck_feat)
+    features, targets = torch.randn(4, 8, 4, 2), torch.tensor([0, 0, 1, 1])
+    out = head(features, targets)
+    reduced = head.bottleneck[0](features.mean(dim=(2, 3), keepdim=True))  # FC reduction, (4, 6, 1, 1)
+    neck = head.bottleneck[1](reduced)[..., 0, 0]  # BN neck (batch statistics in training)
+    # 'before' is BoT's f_t in the reduced space: the FC output before the BN neck; 'after' is the BN neck's output.
+    assert torch.allclose(out["features"], reduced[..., 0, 0] if neck_feat == "before" else neck, atol=1e-6)
+    assert torch.allclose(out["pred_class_logits"], neck @ head.weight.t(), atol=1e-6)
+    head.eval()
+    assert torch.allclose(head(features), head.bottleneck(features.mean(dim=(2, 3), keepdim=True))[..., 0, 0],
+                          atol=1e-6)
+
+
+@pytest.mark.parametrize("neck_feat", ["before", "after"])
+def test_stage_head_without_reduction_is_fastreids_embedding_head(neck_feat):
+    from fastreid.modeling.heads import EmbeddingHead
+
+    ours, theirs = stage_head(0, neck_feat), stage_head(0, neck_feat, EmbeddingHead)
+    features, targets = torch.randn(4, 8, 4, 2), torch.tensor([0, 0, 1, 1])
+    a, b = ours(features, targets), theirs(features, targets)
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_stage_head_rejects_an_unknown_neck_feat():
+    with pytest.raises(ValueError, match="MODEL.HEADS.NECK_FEAT"):
+        stage_head(0, "middle")
