@@ -47,15 +47,23 @@ def test_output_shapes(r18, depth, channels, stage3_stride):
     assert model(x).shape == (2, channels[3], h3, h3 // 2)
 
 
-@pytest.mark.parametrize("depth,ibn_se", [("18x", False), ("50x", True)])
-def test_without_attention_equals_fastreid_resnet(r18, depth, ibn_se):
-    """Mode "none" and NMFF at init reproduce fast-reid's forward: the per-block forward is the block's own."""
+@pytest.mark.parametrize("depth,ibn_se,nl", [("18x", False, False), ("50x", True, False), ("50x", False, True)])
+def test_without_attention_equals_fastreid_resnet(r18, depth, ibn_se, nl):
+    """Mode "none" and NMFF at init reproduce fast-reid's forward: the per-block forward is the block's own, and
+    fast-reid's non-local blocks (SBS) run after the same blocks."""
     r18.MODEL.BACKBONE.DEPTH = depth
     r18.MODEL.BACKBONE.WITH_IBN = ibn_se
     r18.MODEL.BACKBONE.WITH_SE = ibn_se
+    r18.MODEL.BACKBONE.WITH_NL = nl
     r18.MODEL.BACKBONE.RDAM.MODE = "none"
     plain, scsn = build_pair(r18)
     x = torch.randn(*IMAGES)
+    if nl:
+        assert len(scsn.NL_2) == 2 and len(scsn.NL_3) == 3  # fast-reid's R50 layout
+        for model in (plain, scsn):  # non-local blocks start as the identity (zero W): perturb both alike
+            torch.manual_seed(1)
+            for block in [*model.NL_2, *model.NL_3]:
+                torch.nn.init.normal_(block.W[1].weight)
     with torch.no_grad():
         assert torch.allclose(scsn(x), plain(x), atol=1e-5)
 
@@ -177,7 +185,6 @@ def test_stage3_stride_keeps_the_weights(r18):
     ("MODEL.BACKBONE.RDAM.MODE", "CBAM"),
     ("MODEL.BACKBONE.NMFF.STAGES", [4]),
     ("MODEL.BACKBONE.NMFF.POOL_BINS", [0]),
-    ("MODEL.BACKBONE.WITH_NL", True),
     ("MODEL.BACKBONE.STAGE3_STRIDE", 3),
     ("MODEL.BACKBONE.DEPTH", "152x"),
 ])

@@ -1,6 +1,7 @@
 """SCSN backbone (§3.1-3.2, Fig. 2): fast-reid's ResNet with RDAM in every residual block and NMFF after stage 4.
 
-The ResNet, its ImageNet (or PRETRAIN_PATH) weights, IBN and SE come from fast-reid's ``build_resnet_backbone``;
+The ResNet, its ImageNet (or PRETRAIN_PATH) weights, IBN, SE and non-local blocks (WITH_NL, used by the SCSN-on-SBS
+configs) come from fast-reid's ``build_resnet_backbone``;
 its submodules are adopted under their own names (conv1, bn1, layer1-4), so pretrained files and fast-reid
 checkpoints map onto them, and the attention modules (eqs. 1-2) and the fusion block (eqs. 3-5) are new
 submodules with their own init. Each block is run explicitly so that the attention sits on the residual branch
@@ -81,6 +82,13 @@ class SCSNResNet(nn.Module):
         self.layer3 = resnet.layer3
         self.layer4 = resnet.layer4
         set_stage_stride(self.layer3, stage3_stride)
+        # fast-reid's non-local blocks (WITH_NL, the SBS recipe), under fast-reid's names, after the same blocks.
+        self.non_local_after: List[dict] = []
+        for i in range(1, 5):
+            if hasattr(resnet, f"NL_{i}"):
+                setattr(self, f"NL_{i}", getattr(resnet, f"NL_{i}"))
+            positions = [j for j in getattr(resnet, f"NL_{i}_idx") if j >= 0]
+            self.non_local_after.append({block: k for k, block in enumerate(positions)})
 
         # One attention module per residual block; attention[i][j] serves block j of stage i + 1.
         self.attention = nn.ModuleList([
@@ -105,11 +113,6 @@ class SCSNResNet(nn.Module):
         check_scsn_backbone(backbone.STAGE3_STRIDE, backbone.RDAM.MODE, backbone.RDAM.REDUCTION,
                             backbone.RDAM.SPATIAL_KERNEL, backbone.NMFF.STAGES, backbone.NMFF.KEY_CHANNELS,
                             backbone.NMFF.VALUE_CHANNELS, backbone.NMFF.POOL_BINS)
-        if backbone.WITH_NL:
-            raise ValueError(
-                "MODEL.BACKBONE.WITH_NL adds fast-reid's non-local blocks, which are not part of SCSN (its non-local "
-                "fusion is MODEL.BACKBONE.NMFF); set MODEL.BACKBONE.WITH_NL False."
-            )
         if backbone.DEPTH not in DEPTHS:
             raise ValueError(f"MODEL.BACKBONE.DEPTH must be one of {list(DEPTHS)}, got {backbone.DEPTH!r}.")
         return {
@@ -153,10 +156,12 @@ class SCSNResNet(nn.Module):
         """x: (B, 3, H, W) images -> the maps of stages 1-4, each (B, C_i, H_i, W_i), before NMFF."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         features = []
-        for stage, attentions in zip(self.stages, self.attention):
+        for i, (stage, attentions) in enumerate(zip(self.stages, self.attention), start=1):
             carry = None  # a_0 = 0: the residual spatial attention restarts at each stage (eq. 2)
-            for block, attention in zip(stage, attentions):
+            for j, (block, attention) in enumerate(zip(stage, attentions)):
                 x, carry = self.block_forward(block, attention, x, carry)
+                if j in self.non_local_after[i - 1]:
+                    x = getattr(self, f"NL_{i}")[self.non_local_after[i - 1][j]](x)
             features.append(x)
         return features
 
