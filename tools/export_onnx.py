@@ -73,4 +73,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_parser().parse_args())
+    main(cli.parse_args(get_parser()))

@@ -4,6 +4,7 @@ fast-reid's ``--config-file ... KEY VALUE`` command line, image inputs, and one-
 import argparse
 import functools
 import os
+import re
 import sys
 from typing import Iterable, List, Sequence, Tuple
 
@@ -20,12 +21,25 @@ def parser(description: str, commands: Sequence[str] = ()) -> argparse.ArgumentP
     """``--config-file`` plus trailing ``KEY VALUE`` config overrides (``MODEL.WEIGHTS path``), as fast-reid's tools;
     ``commands``: a first positional argument choosing one of them."""
     p = argparse.ArgumentParser(description=description)
-    if commands:  # parse with parse_intermixed_args: the command first, the overrides last
+    if commands:
         p.add_argument("command", choices=tuple(commands))
     p.add_argument("--config-file", required=True, metavar="FILE", help="the config the checkpoint was trained with")
-    p.add_argument("opts", nargs="*" if commands else argparse.REMAINDER, default=[],
-                   help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS logs/run/model_final.pth")
+    p.add_argument("opts", nargs="*", default=[],
+                   help="config overrides as KEY VALUE pairs, last, e.g. MODEL.WEIGHTS logs/run/model_final.pth")
     return p
+
+
+CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+
+
+def parse_args(p: argparse.ArgumentParser, argv: Sequence[str] = None) -> argparse.Namespace:
+    """The overrides start at the first ``KEY.SUB`` token: split there, so that an option taking several values
+    (``--input a b``) does not swallow them."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = next((i for i, token in enumerate(argv) if CONFIG_KEY.match(token)), len(argv))
+    args = p.parse_args(argv[:split])
+    args.opts = args.opts + argv[split:]
+    return args
 
 
 def run(main):
