@@ -44,19 +44,19 @@ def test_hooks_record_the_attention_maps_of_eq_2(checkpoint, images):
 def test_picture_is_one_row_of_stage_and_attention_tiles(checkpoint, images):
     saliency = compute_saliency(checkpoint[1], images, ["s3b1", "s4b1"])
     assert [s.weights.shape for s in saliency.stages] == [(3, 4)] * 3
-    picture, grid = saliency_picture(images, saliency, 0, scale=2)
-    # input, backbone X1, three stages, two attention maps; tiles of the 2x-scaled 64x32 input.
-    assert (grid.rows, grid.cols, grid.height, grid.width) == (1, 7, 128, 64)
-    assert picture.size == (7 * 64 + 6 * GAP, CAPTION + 128)
+    picture, grid = saliency_picture(images, saliency, 0)
+    # input, backbone X1, three stages, two attention maps; tiles of the 64x32 input drawn 4x (256 / 64).
+    assert (grid.rows, grid.cols, grid.height, grid.width) == (1, 7, 256, 128)
+    assert picture.size == (7 * 128 + 6 * GAP, CAPTION + 256)
     pixels = np.asarray(picture)
     # Stage 3's tile: its two suppressed stripes hatched grey; stage 1's: the stripe it suppresses framed red.
     stage1_x, stage3_x = grid.origin(0, 2)[0], grid.origin(0, 4)[0]
     for k in range(4):
-        top = CAPTION + 32 * k
-        stripe = pixels[top:top + 32, stage3_x:stage3_x + 64]
+        top = CAPTION + 64 * k
+        stripe = pixels[top:top + 64, stage3_x:stage3_x + 128]
         hatched = bool((stripe == GREY).all(axis=2).any())
         assert hatched == (not bool(saliency.stages[2].kept[0, k]))
-        framed = tuple(pixels[top + 1, stage1_x + 32]) == RED
+        framed = tuple(pixels[top + 1, stage1_x + 64]) == RED
         assert framed == bool(suppressed_after(saliency.stages, 0)[0, k])
 
 
@@ -66,7 +66,7 @@ def test_tool_writes_one_png_per_image(tmp_path, checkpoint, capsys):
     outputs = run_tool("visualize_saliency", *argv)
     assert len(outputs) == 2 and "2 saliency pictures in" in capsys.readouterr().out
     for out in outputs:
-        assert Image.open(out).size == (6 * 64 + 5 * GAP, CAPTION + 128)  # input, X1, 3 stages, 1 attention map
+        assert Image.open(out).size == (6 * 128 + 5 * GAP, CAPTION + 256)  # input, X1, 3 stages, 1 attention map
     with pytest.raises(SystemExit, match="already exist"):
         run_tool("visualize_saliency", *argv)
     with pytest.raises(SystemExit, match="need an SCSN model.*builds Baseline"):

@@ -10,7 +10,7 @@ import os
 import scsn  # noqa: F401  (before any fastreid import: compat patches and registrations)
 from scsn import cli
 from scsn.extractor import FeatureExtractor, setup_cfg
-from scsn.visualize import ranked_list_picture, ranked_lists
+from scsn.visualize import display_scale, ranked_list_picture, ranked_lists
 
 import numpy as np
 from fastreid.evaluation.rank import evaluate_rank
@@ -58,8 +58,7 @@ def main(args):
 
     chosen = choose_queries(np.asarray(aps), args.order, args.num_queries)
     lists = ranked_lists(distmat, query, gallery, aps, chosen, args.top_k)
-    scale = max(1, round(256 / cfg.INPUT.SIZE_TEST[0]))  # small inputs are drawn larger, for the captions
-    height, width = (scale * size for size in cfg.INPUT.SIZE_TEST)
+    height, width = (display_scale(cfg.INPUT.SIZE_TEST[0]) * size for size in cfg.INPUT.SIZE_TEST)
     os.makedirs(args.output, exist_ok=True)
     outputs = [os.path.join(args.output, f"{i:03d}_{os.path.splitext(os.path.basename(r.query))[0]}.png")
                for i, r in enumerate(lists)]

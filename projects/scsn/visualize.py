@@ -94,8 +94,14 @@ def stage_tile(image: np.ndarray, saliency: Saliency, index: int, t: int) -> Ima
     return tile
 
 
-def saliency_picture(images: torch.Tensor, saliency: Saliency, index: int, scale: int = 2) -> Tuple[Image.Image, Grid]:
+def display_scale(height: int) -> int:
+    """Small inputs (the synthetic 128x64) are drawn larger, so that the captions and stripe weights fit."""
+    return max(1, round(256 / height))
+
+
+def saliency_picture(images: torch.Tensor, saliency: Saliency, index: int) -> Tuple[Image.Image, Grid]:
     """One image's row: input | backbone X^1 | stage 1..T | the recorded attention maps; images (B, 3, H, W)."""
+    scale = display_scale(images.shape[2])
     image = to_uint8_image(images[index])
     image = np.asarray(Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale),
                                                      Image.BICUBIC))
