@@ -10,7 +10,7 @@ import os
 import scsn  # noqa: F401  (before any fastreid import: compat patches and registrations)
 from scsn import cli
 from scsn.extractor import FeatureExtractor, setup_cfg
-from scsn.visualize import display_scale, ranked_list_picture, ranked_lists
+from scsn.visualize import display_scale, ranked_list_picture, ranked_lists, save_png
 
 import numpy as np
 from fastreid.evaluation.rank import evaluate_rank
@@ -64,8 +64,8 @@ def main(args):
                for i, r in enumerate(lists)]
     cli.refuse_to_overwrite(outputs, args.overwrite)
     for out, ranked in zip(outputs, lists):
-        ranked_list_picture([ranked], height, width)[0].save(out)
-    ranked_list_picture(lists, height, width)[0].save(os.path.join(args.output, "summary.png"))
+        save_png(ranked_list_picture([ranked], height, width)[0], out)
+    save_png(ranked_list_picture(lists, height, width)[0], os.path.join(args.output, "summary.png"))
     print(f"{len(lists)} ranked lists ({args.order} AP first) and summary.png in {os.path.abspath(args.output)}")
     return lists
 

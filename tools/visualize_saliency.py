@@ -13,7 +13,7 @@ import scsn  # noqa: F401  (before any fastreid import: compat patches and regis
 from scsn import cli
 from scsn.extractor import load_model, setup_cfg, to_pil
 from scsn.saliency import check_saliency_model, compute_saliency, parse_blocks
-from scsn.visualize import saliency_picture
+from scsn.visualize import saliency_picture, save_png
 
 import torch
 from fastreid.data.transforms import build_transforms
@@ -57,7 +57,7 @@ def main(args):
     os.makedirs(args.output, exist_ok=True)
     for i, out in enumerate(outputs):
         picture, _ = saliency_picture(images, saliency, i)
-        picture.save(out)
+        save_png(picture, out)
     print(f"{len(outputs)} saliency pictures in {os.path.abspath(args.output)}")
     return outputs
 

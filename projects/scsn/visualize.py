@@ -38,6 +38,11 @@ class Grid(NamedTuple):
         return col * (self.width + GAP), row * (CAPTION + self.height) + CAPTION
 
 
+def save_png(picture: Image.Image, path: str) -> None:
+    """256-colour PNG (median cut, no dithering): a third of the RGB file's size, no visible loss for these pictures."""
+    picture.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
+
+
 def to_uint8_image(image: torch.Tensor) -> np.ndarray:
     """(3, H, W) float in [0, 255] (the model's input) -> (H, W, 3) uint8."""
     return image.clamp(0, 255).round().byte().permute(1, 2, 0).cpu().numpy()
