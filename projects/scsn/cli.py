@@ -1,4 +1,4 @@
-"""What the inference tools (``tools/visualize_*.py``, ``extract_features.py``, ``search.py``, ``export_onnx.py``) share:
+"""The inference tools' shared parts (``tools/visualize_*.py``, ``extract_features.py``, ``search.py``, ...):
 fast-reid's ``--config-file ... KEY VALUE`` command line, image inputs, and one-line errors instead of tracebacks.
 """
 import argparse
@@ -13,8 +13,8 @@ from .export import ExportError
 from .extractor import WeightsError, list_images
 
 # Bad input the user can fix: reported as one line, without a traceback.
-USER_ERRORS = (WeightsError, ExportError, FileNotFoundError, UnreadableImageError, DatasetNotFoundError, FileExistsError,
-               ValueError, KeyError)
+USER_ERRORS = (WeightsError, ExportError, FileNotFoundError, UnreadableImageError, DatasetNotFoundError,
+               FileExistsError, ValueError, KeyError)
 
 
 def parser(description: str, commands: Sequence[str] = ()) -> argparse.ArgumentParser:
