@@ -12,14 +12,18 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	# torch first: fastreid 1.4.0's metadata pins torch 1.13.1 (no Python 3.11 wheel), so it goes in with --no-deps.
 	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --no-deps fastreid==1.4.0
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e '.[dev,deploy]'  # deploy: ONNX export and its tests
 	$(PY) -c "import scsn.compat as c; c.build_cython_evaluator() or print('Cython ranking not built: Python ranking will be used')"
 	touch $@
 
 install: $(VENV)/.installed
 
+DEMO_DIR := logs/demo/$(shell date +%Y%m%d-%H%M%S)
+
 demo: install
-	$(PY) tools/train_net.py --config-file configs/Synthetic/scsn_r18.yml OUTPUT_DIR logs/demo/$(shell date +%Y%m%d-%H%M%S)
+	$(PY) tools/train_net.py --config-file configs/Synthetic/scsn_r18.yml OUTPUT_DIR $(DEMO_DIR)
+	$(PY) tools/visualize_saliency.py --config-file $(DEMO_DIR)/config.yaml --dataset SyntheticReID --num-images 8 \
+		--output $(DEMO_DIR)/saliency MODEL.WEIGHTS $(DEMO_DIR)/model_final.pth
 
 test: install
 	$(PY) -m pytest -q tests

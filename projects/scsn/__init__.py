@@ -16,4 +16,5 @@ from .suppression import CascadedSuppressionHead  # noqa: E402,F401
 from .meta_arch import SCSN  # noqa: E402,F401
 from .synthetic import SyntheticReID, SyntheticReIDTiny, SyntheticReIDBench  # noqa: E402,F401
 from .datasets import CUHK03Detected  # noqa: E402,F401
+from .extractor import FeatureExtractor  # noqa: E402,F401
 from .backbone import build_scsn_resnet_backbone  # noqa: E402,F401

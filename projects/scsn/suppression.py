@@ -241,12 +241,18 @@ class CascadedSuppressionHead(nn.Module):
                 x = x * expand_stripes((~suppressed).to(x.dtype), rows)  # eq. 9, B(X^t) a constant 0/1 mask
         return stages
 
-    @torch.no_grad()
     def _most_salient(self, weights: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-        """The SUPPRESS_STRIPES largest-weight stripes among those still kept, as a (B, K) bool mask."""
-        scores = weights.detach().masked_fill(~kept, float("-inf"))
-        top = scores.topk(self.suppress_stripes, dim=1).indices  # (B, n)
-        return torch.zeros_like(kept).scatter_(1, top, True)
+        """The SUPPRESS_STRIPES largest-weight stripes among those still kept, as a (B, K) bool mask.
+
+        Equal weights are common (the descriptor's ReLU can zero several stripes), and ``topk`` leaves the order of
+        ties unspecified: an ONNX TopK (lower index first) then picked other stripes than PyTorch. Ranking by pairwise
+        comparison with ties to the lower index is the same choice in every runtime, and exports as elementwise ops.
+        """
+        w = weights.detach()
+        index = torch.arange(w.shape[1], device=w.device)
+        first = (w[:, :, None] > w[:, None, :]) | ((w[:, :, None] == w[:, None, :]) & (index[:, None] < index[None, :]))
+        ahead = (first & kept[:, :, None]).to(torch.int64).sum(dim=1)  # (B, K): kept stripes ranked before stripe k
+        return kept & (ahead < self.suppress_stripes)
 
     def forward(self, features: torch.Tensor, targets: Optional[torch.Tensor] = None):
         """features: (B, C, H, W) -> list of T output dicts (training) or (B, T * D) descriptor (eval)."""

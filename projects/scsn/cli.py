@@ -1,0 +1,102 @@
+"""The inference tools' shared parts (``tools/visualize_*.py``, ``extract_features.py``, ``search.py``, ...):
+fast-reid's ``--config-file ... KEY VALUE`` command line, image inputs, and one-line errors instead of tracebacks.
+"""
+import argparse
+import functools
+import os
+import re
+import sys
+from typing import Iterable, List, Sequence, Tuple
+
+from .checks import DatasetNotFoundError, UnreadableImageError
+from .export import ExportError
+from .extractor import WeightsError, list_images
+
+# Bad input the user can fix: reported as one line, without a traceback.
+USER_ERRORS = (WeightsError, ExportError, FileNotFoundError, UnreadableImageError, DatasetNotFoundError,
+               FileExistsError, ValueError, KeyError)
+
+
+def parser(description: str, commands: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """``--config-file`` plus trailing ``KEY VALUE`` config overrides (``MODEL.WEIGHTS path``), as fast-reid's tools;
+    ``commands``: a first positional argument choosing one of them."""
+    p = argparse.ArgumentParser(description=description)
+    if commands:
+        p.add_argument("command", choices=tuple(commands))
+    p.add_argument("--config-file", required=True, metavar="FILE", help="the config the checkpoint was trained with")
+    p.add_argument("opts", nargs="*", default=[],
+                   help="config overrides as KEY VALUE pairs, last, e.g. MODEL.WEIGHTS logs/run/model_final.pth")
+    return p
+
+
+CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+
+
+def parse_args(p: argparse.ArgumentParser, argv: Sequence[str] = None) -> argparse.Namespace:
+    """The overrides start at the first ``KEY.SUB`` token: split there, so that an option taking several values
+    (``--input a b``) does not swallow them."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = next((i for i, token in enumerate(argv) if CONFIG_KEY.match(token)), len(argv))
+    args = p.parse_args(argv[:split])
+    args.opts = args.opts + argv[split:]
+    return args
+
+
+def run(main):
+    """Decorator for a tool's ``main``: a user error ends the process with its message and exit status 1."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except USER_ERRORS as e:
+            message = e.args[0] if isinstance(e, KeyError) and e.args else e
+            sys.exit(f"error: {message}")
+
+    return wrapper
+
+
+def collect_images(inputs: Sequence[str]) -> List[str]:
+    """Image files and folders (searched recursively) -> image paths, in the order given, folders sorted."""
+    paths = []
+    for item in inputs:
+        if os.path.isdir(item):
+            paths.extend(list_images(item))
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            raise FileNotFoundError(f"{item!r} is neither an image file nor a folder.")
+    if not paths:
+        raise FileNotFoundError("No input images given.")
+    return paths
+
+
+def dataset_items(name: str, split: str) -> List[Tuple[str, object, int]]:
+    """(path, pid, camid) of the 'train', 'query' or 'gallery' split of a registered dataset under
+    $FASTREID_DATASETS, as fast-reid's loaders read it."""
+    from fastreid.data.build import _root
+    from fastreid.data.datasets import DATASET_REGISTRY
+
+    if split not in ("train", "query", "gallery"):
+        raise ValueError(f"Split must be train, query or gallery, got {split!r}.")
+    if name not in DATASET_REGISTRY._obj_map:  # fast-reid 1.4.0's Registry has no __contains__
+        raise KeyError(f"No dataset {name!r} is registered; known: {', '.join(sorted(DATASET_REGISTRY._obj_map))}.")
+    return list(getattr(DATASET_REGISTRY.get(name)(root=_root), split))
+
+
+def evenly_spaced(items: Sequence, count: int) -> list:
+    """``count`` items spread over the sequence (all of them when it is shorter): a varied sample, reproducible."""
+    if count >= len(items):
+        return list(items)
+    step = len(items) / count
+    return [items[int(i * step)] for i in range(count)]
+
+
+def refuse_to_overwrite(paths: Iterable[str], overwrite: bool) -> None:
+    """Existing outputs stay untouched unless the user passed --overwrite."""
+    existing = [p for p in paths if os.path.exists(p)]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{existing[0]!r}{f' and {len(existing) - 1} more' if len(existing) > 1 else ''} already exist(s); "
+            "pass --overwrite to replace, or choose another output."
+        )

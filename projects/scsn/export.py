@@ -1,0 +1,109 @@
+"""ONNX export of a fast-reid model (SCSN included): images (B, 3, H, W) floats in [0, 255] -> descriptors (B, D), as
+the PyTorch model in eval mode returns them (not L2-normalised), with a dynamic batch axis; and the check that
+onnxruntime gives the same descriptors on other images, at batch 1 and batch N.
+
+Two routes of ``torch.onnx.export``: ``dynamo`` (torch.export; the default of torch >= 2.9, and so what fast-reid's
+``tools/deploy/onnx_export.py`` gets on torch 2.14) and ``torchscript`` (the legacy tracer, ``dynamo=False``). The
+legacy exporter cannot express ``adaptive_avg_pool2d`` to a grid that does not divide the map, which NMFF's pyramid
+pooling (bins 3, 6, 8) needs: it exports SCSN without NMFF only.
+"""
+import time
+from typing import Callable, Dict, Sequence
+
+import numpy as np
+import torch
+
+ROUTES = ("dynamo", "torchscript")
+INPUT, OUTPUT = "images", "features"
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def example_input(height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """The (1, 3, H, W) image traced for the export; parity is then checked on other images."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 3, height, width, generator=generator) * 255
+
+
+def export_onnx(model: torch.nn.Module, path: str, height: int, width: int, route: str = "dynamo",
+                opset: int = 18) -> None:
+    """Write ``model`` (eval mode, on the CPU) to ``path`` with a dynamic batch axis."""
+    if route not in ROUTES:
+        raise ValueError(f"Export route must be one of {ROUTES}, got {route!r}.")
+    model = model.eval().cpu()
+    example = example_input(height, width)
+    if route == "dynamo":
+        program = torch.onnx.export(
+            model, (example,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT], opset_version=opset,
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+        )
+        program.save(path, external_data=False)
+        return
+    try:
+        torch.onnx.export(
+            model, (example,), path, dynamo=False, input_names=[INPUT], output_names=[OUTPUT], opset_version=opset,
+            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+        )
+    except torch.onnx.errors.SymbolicValueError as e:
+        if "adaptive_avg_pool2d" not in str(e):
+            raise
+        raise ExportError(
+            "The torchscript (legacy) exporter cannot export NMFF's pyramid pooling: adaptive_avg_pool2d to "
+            "MODEL.BACKBONE.NMFF.POOL_BINS grids that do not divide the feature map. Use the dynamo route, which "
+            "exports it exactly, or a config without NMFF (MODEL.BACKBONE.NMFF.STAGES [])."
+        ) from e
+    finally:
+        model.eval()  # the legacy exporter restores the module's own training flag, not its children's
+
+
+def onnx_session(path: str):
+    """An onnxruntime CPU session of the exported file."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, images: torch.Tensor) -> np.ndarray:
+    return session.run([OUTPUT], {INPUT: images.numpy()})[0]
+
+
+@torch.no_grad()
+def compare(model: torch.nn.Module, session, images: torch.Tensor, batch_size: int) -> Dict[str, float]:
+    """Descriptors of ``images`` (N, 3, H, W) from PyTorch and onnxruntime, in batches of ``batch_size`` ->
+    max abs difference and the smallest cosine similarity of an image's two descriptors."""
+    ours, theirs = [], []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        ours.append(model(batch).numpy())
+        theirs.append(run_onnx(session, batch))
+    ours, theirs = np.concatenate(ours), np.concatenate(theirs)
+    cosine = (ours * theirs).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1))
+    return {"batch": batch_size, "images": len(images), "max_abs_diff": float(np.abs(ours - theirs).max()),
+            "min_cosine": float(cosine.min())}
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+@torch.no_grad()
+def latency(model: torch.nn.Module, session, images: torch.Tensor, batch_sizes: Sequence[int],
+            repeats: int) -> list:
+    """CPU ms per image of PyTorch and onnxruntime, interleaved, per batch size."""
+    rows = []
+    for b in batch_sizes:
+        batch = images[:b]
+        torch_s = median_seconds(lambda: model(batch), repeats)
+        onnx_s = median_seconds(lambda: run_onnx(session, batch), repeats)
+        rows.append({"batch": b, "pytorch_ms_per_image": 1000 * torch_s / b,
+                     "onnxruntime_ms_per_image": 1000 * onnx_s / b})
+    return rows

@@ -1,0 +1,123 @@
+"""What SCSN looks at (the paper's Fig. 6): each cascade stage's boosted map, stripe weights and suppressed stripes, and
+the RDAM spatial attention of chosen residual blocks, recorded with forward hooks (the model code is unchanged).
+"""
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, NamedTuple, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .suppression import CascadeStage
+
+
+class Saliency(NamedTuple):
+    """One batch: ``stages`` as returned by ``model.heads.cascade`` (B first in every tensor), ``attention`` maps
+    block name -> A_n (B, h, w) in (0, 1)."""
+
+    stages: List[CascadeStage]
+    attention: Dict[str, torch.Tensor]
+
+
+def block_name(stage: int, block: int) -> str:
+    """ResNet stage 1-4 and block index 0.. -> the name the pictures and ``--blocks`` use, e.g. ``s4b2``."""
+    return f"s{stage}b{block}"
+
+
+def spatial_attention_blocks(model: nn.Module) -> Dict[str, nn.Module]:
+    """Block name -> the SpatialAttention (SAM or RSAM) of that residual block, for every block that has one."""
+    attention = getattr(model.backbone, "attention", None)
+    if attention is None:
+        return {}
+    return {
+        block_name(i + 1, j): blocks[j].spatial
+        for i, blocks in enumerate(attention)
+        for j in range(len(blocks))
+        if blocks[j].spatial is not None
+    }
+
+
+def default_blocks(model: nn.Module) -> List[str]:
+    """The last block with spatial attention in each ResNet stage: the map each stage hands on."""
+    last = {}
+    for name in spatial_attention_blocks(model):
+        last[name.split("b")[0]] = name
+    return list(last.values())
+
+
+def check_saliency_model(model: nn.Module) -> None:
+    if not hasattr(getattr(model, "heads", None), "cascade"):
+        raise ValueError(
+            f"Saliency pictures need an SCSN model (MODEL.META_ARCHITECTURE SCSN with MODEL.HEADS.NAME "
+            f"CascadedSuppressionHead); this config builds {type(model).__name__} with "
+            f"{type(getattr(model, 'heads', None)).__name__}."
+        )
+
+
+@contextmanager
+def record_attention(model: nn.Module, blocks: Sequence[str]) -> Iterator[Dict[str, torch.Tensor]]:
+    """Within the block, every forward fills the dict with block name -> A_n (B, h, w) of the named blocks.
+
+    RSAM returns ``(x * A_n, a_n)`` with ``A_n = sigmoid(a_n)``; plain SAM returns ``(x * A_n, None)`` with
+    ``A_n = sigmoid(conv(...))``, so its map is read from its conv.
+    """
+    available = spatial_attention_blocks(model)
+    unknown = [b for b in blocks if b not in available]
+    if unknown:
+        raise ValueError(
+            f"No spatial attention in block(s) {unknown}; this model has it in {list(available) or 'no block'} "
+            "(names s<ResNet stage>b<block index>; MODEL.BACKBONE.RDAM.MODE with SAM or RSAM adds it)."
+        )
+    maps: Dict[str, torch.Tensor] = {}
+
+    def rsam_hook(name):
+        return lambda module, inputs, output: maps.__setitem__(name, torch.sigmoid(output[1])[:, 0].detach().clone())
+
+    def sam_hook(name):
+        return lambda module, inputs, output: maps.__setitem__(name, torch.sigmoid(output)[:, 0].detach().clone())
+
+    handles = []
+    for name in blocks:
+        module = available[name]
+        if module.gamma is not None:
+            handles.append(module.register_forward_hook(rsam_hook(name)))
+        else:
+            handles.append(module.conv.register_forward_hook(sam_hook(name)))
+    try:
+        yield maps
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def compute_saliency(model: nn.Module, images: torch.Tensor, blocks: Sequence[str]) -> Saliency:
+    """images: (B, 3, H, W) floats in [0, 255] -> the cascade's stages and the attention maps of ``blocks``, on the
+    CPU."""
+    check_saliency_model(model)
+    with record_attention(model, blocks) as maps:
+        features = model.backbone(model.preprocess_image(images))
+    stages = [CascadeStage(*(None if v is None else v.cpu() for v in stage)) for stage in model.heads.cascade(features)]
+    return Saliency(stages=stages, attention={name: a.cpu() for name, a in maps.items()})
+
+
+def activation_map(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H, W) mean of squared activations over channels: where the map carries energy."""
+    return x.pow(2).mean(dim=1)
+
+
+def suppressed_after(stages: Sequence[CascadeStage], t: int) -> torch.Tensor:
+    """(B, K) bool: the stripes stage t (0-based) zeroes for stage t + 1; all False for the last stage."""
+    if t + 1 >= len(stages):
+        return torch.zeros_like(stages[t].kept)
+    return stages[t].kept & ~stages[t + 1].kept
+
+
+def parse_blocks(spec: Sequence[str], model: nn.Module) -> Tuple[str, ...]:
+    """``--blocks`` values (``s4b2`` names, ``all``, ``none``) -> block names; empty spec -> :func:`default_blocks`."""
+    if not spec:
+        return tuple(default_blocks(model))
+    if list(spec) == ["none"]:
+        return ()
+    if list(spec) == ["all"]:
+        return tuple(spatial_attention_blocks(model))
+    return tuple(spec)
