@@ -189,6 +189,7 @@ def test_scsn_with_every_module_off_is_fastreids_baseline():
     """No attention, no NMFF, one stage without SFE, BoT's head: the same weights give fast-reid's Baseline (BoT)
     descriptor and losses, so any difference between SCSN and BoT comes from SCSN's own modules."""
     off = ["MODEL.BACKBONE.RDAM.MODE", "none", "MODEL.BACKBONE.NMFF.STAGES", [], "MODEL.HEADS.WITH_SFE", False,
+           "MODEL.BACKBONE.STAGE3_STRIDE", 2,
            "MODEL.HEADS.NUM_STAGES", 1, "MODEL.HEADS.EMBEDDING_DIM", 0, "MODEL.HEADS.NECK_FEAT", "before",
            "MODEL.HEADS.POOL_LAYER", "GlobalAvgPool", "MODEL.LOSSES.TRI.MARGIN", 0.3,
            "MODEL.HEADS.CLS_LAYER", "Linear", "MODEL.HEADS.SCALE", 1, "MODEL.HEADS.MARGIN", 0.0]
