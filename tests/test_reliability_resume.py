@@ -1,0 +1,61 @@
+"""Exact resume (scsn/sampling.py, scsn/checkpoint.py): a run killed with SIGKILL in the middle of an epoch and
+continued with --resume ends with the weights, optimizer and scheduler state and metrics of the run that was
+never interrupted."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from scsn.checkpoint import load_checkpoint_file
+from test_train_net import ROOT, TINY, metrics, train_net
+
+RUN = ["--config-file", "configs/Synthetic/scsn_r18.yml", *TINY, "SEED", "3", "SOLVER.MAX_EPOCH", "2",
+       "SOLVER.CHECKPOINT_PERIOD", "1", "TEST.EVAL_PERIOD", "2"]
+
+
+def assert_same_state(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same_state(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}/{i}")
+    else:
+        assert a == b, where
+
+
+def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path):
+    data = tmp_path / "data"
+    code, log = train_net(data, *RUN, "OUTPUT_DIR", str(tmp_path / "whole"))
+    assert code == 0, log[-3000:]
+    expected = metrics(log)
+
+    part = tmp_path / "part"
+    env = dict(os.environ, FASTREID_DATASETS=str(data), OMP_NUM_THREADS="2")
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "train_net.py"), *RUN, "OUTPUT_DIR", str(part)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (part / "last_checkpoint").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the next epoch's iterations
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (part / "model_final.pth").exists()
+    assert (part / "last_checkpoint").read_text() == "model_0000.pth"
+
+    code, log = train_net(data, "--resume", *RUN, "OUTPUT_DIR", str(part))
+    assert code == 0, log[-3000:]
+    assert "Starting training from epoch 1" in log
+    assert metrics(log) == expected
+
+    whole = load_checkpoint_file(str(tmp_path / "whole" / "model_final.pth"))
+    resumed = load_checkpoint_file(str(part / "model_final.pth"))
+    assert whole.keys() == resumed.keys() >= {"model", "optimizer", "lr_sched", "warmup_sched", "data_sampler"}
+    assert_same_state(whole, resumed)
