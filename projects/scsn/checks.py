@@ -251,28 +251,33 @@ def _guard_read_image(upstream):
 # Training
 
 
-def _stage(name):
-    stage = re.search(r"_s(\d+)$", name)
-    return f" (stage {stage.group(1)})" if stage else ""
+def _by_stage(losses):
+    """{'loss_cls_s2': nan, 'loss_triplet': inf} -> 'stage 2: loss_cls_s2 = nan; loss_triplet = inf'."""
+    groups = {}
+    for name, value in losses.items():
+        stage = re.search(r"_s(\d+)$", name)
+        groups.setdefault(f"stage {stage.group(1)}: " if stage else "", []).append(f"{name} = {value}")
+    return "; ".join(prefix + ", ".join(items) for prefix, items in sorted(groups.items()))
 
 
 def _guard_write_metrics(upstream):
     """engine/train_loop.py:296-300 raises ``FloatingPointError`` with the dict of all the losses, their values
     averaged over the processes, when their sum is not finite. The message here names the non-finite losses of
-    this process, with the cascade stage each belongs to (SCSN's ``loss_<name>_s<t>``), and what to do."""
+    this process by cascade stage (SCSN's ``loss_<name>_s<t>``), and says what to do."""
 
     @functools.wraps(upstream)
     def _write_metrics(self, loss_dict, data_time):
         try:
             return upstream(self, loss_dict, data_time)
         except FloatingPointError as e:
-            bad = [f"{k} = {v.item()}{_stage(k)}" for k, v in loss_dict.items() if not np.isfinite(v.item())]
-            where = ", ".join(bad) if bad else "in another process"
+            bad = {k: v.item() for k, v in loss_dict.items() if not np.isfinite(v.item())}
+            epoch = getattr(get_event_storage(), "epoch", None)
             raise NonFiniteLossError(
-                f"Loss became NaN or infinite at iteration {self.iter} (epoch {get_event_storage().epoch}): "
-                f"{where}. The weights were not updated with it, and the checkpoints already written are intact. "
-                "Lower SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS.ENABLED, check the training images, then "
-                "continue with --resume."
+                f"Loss became NaN or infinite at iteration {self.iter}"
+                + (f" (epoch {epoch})" if epoch is not None else "")
+                + f": {_by_stage(bad) if bad else 'in another process'}. The weights were not updated with it, and "
+                "the checkpoints already written are intact. Lower SOLVER.BASE_LR or enable "
+                "SOLVER.CLIP_GRADIENTS.ENABLED, check the training images, then continue with --resume."
             ) from e
 
     return _write_metrics

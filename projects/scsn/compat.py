@@ -248,10 +248,16 @@ def _cpu_distributed_worker(local_rank, main_func, world_size, num_gpus_per_mach
     """engine/launch.py:76 ``_distributed_worker`` for machines without CUDA: the same process group and
     per-machine groups, joined over gloo instead of NCCL (:81), without the CUDA assertion (:77) or GPU
     pinning (:88-89). Each of the ``num_gpus_per_machine`` processes of a machine gets an equal share of its
-    cores unless OMP_NUM_THREADS says otherwise (the default, all cores per process, oversubscribes them)."""
+    cores unless OMP_NUM_THREADS says otherwise (torch's default, all cores per process, oversubscribes them)."""
+    import multiprocessing
+
     import torch.distributed as dist
     from fastreid.utils import comm
 
+    # mp.spawn makes "spawn" this process's start method, so its DataLoader workers would each import torch,
+    # fastreid and scsn again (over a minute on 2 cores); without CUDA they can be forked, as in one process.
+    if "fork" in multiprocessing.get_all_start_methods():
+        multiprocessing.set_start_method("fork", force=True)
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_gpus_per_machine))
     global_rank = machine_rank * num_gpus_per_machine + local_rank
@@ -266,10 +272,15 @@ def _cpu_distributed_worker(local_rank, main_func, world_size, num_gpus_per_mach
 
 class CpuDistributedDataParallel(torch.nn.parallel.DistributedDataParallel):
     """engine/defaults.py:216 wraps the model as ``DistributedDataParallel(model, device_ids=[local_rank])``,
-    which DDP refuses for a module on the CPU; a CPU module is wrapped without device ids."""
+    which DDP refuses for a module on the CPU; a CPU module is wrapped without device ids. DDP also refuses
+    SyncBatchNorm layers in a CPU module (nn/parallel/distributed.py:2454), whose kernels are CUDA-only:
+    :func:`_sync_batch_norm_cpu` runs them here."""
 
     def __init__(self, module, device_ids=None, **kwargs):
         super().__init__(module, device_ids=None, **kwargs)
+
+    def _passing_sync_batchnorm_handle(self, module):
+        pass
 
 
 class _AllReduceSum(torch.autograd.Function):

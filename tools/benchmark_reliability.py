@@ -1,0 +1,218 @@
+#!/usr/bin/env python
+"""Reliability measurements for README.md's "Reliability" section; each prints a table and writes JSON.
+
+``distributed``: one training step on 2 CPU processes (fast-reid's ``launch``, gloo, DDP) against one process on
+the same global batch. A fixed random batch of P identities x K images (the layout of fast-reid's identity
+samplers; process r takes the r-th half, whole identities) goes through SCSN-R18 built from
+``configs/Synthetic/scsn_r18.yml`` with the same initial weights; the table gives, per setting (losses, BN or
+SyncBN) and precision, the largest difference between the two runs' gradients relative to the largest gradient,
+and the tensor where the relative difference is largest.
+
+``kills``: a short training run on SyntheticReIDTiny killed with SIGKILL at random moments (after a first
+checkpoint of the segment, then a random delay of up to one epoch: during an iteration, an evaluation or a
+checkpoint write) and continued with --resume each time, against the same run never interrupted: are the final
+weights, optimizer and scheduler states and metrics equal?
+
+    python tools/benchmark_reliability.py distributed          # bench/reliability_distributed.json
+    python tools/benchmark_reliability.py kills --kills 6      # bench/reliability_kills.json
+"""
+import argparse
+import json
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+import scsn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCSN_R18 = os.path.join(ROOT, "configs", "Synthetic", "scsn_r18.yml")
+CE = ["MODEL.LOSSES.NAME", '("CrossEntropyLoss",)']
+SYNC_BN = ["MODEL.BACKBONE.NORM", "syncBN", "MODEL.HEADS.NORM", "syncBN"]
+SETTINGS = {  # name: config overrides on top of scsn_r18.yml
+    "cross-entropy, SyncBN": CE + SYNC_BN,
+    "cross-entropy, BN": CE,
+    "cross-entropy + triplet, SyncBN": SYNC_BN,
+    "cross-entropy + triplet, BN (the recipe's losses)": [],
+}
+IDENTITIES, INSTANCES = 4, 4
+
+
+def step_gradients(jobs):
+    """In every process: for each job (overrides, dtype name, output path), build SCSN-R18 (seed 0), wrap it in
+    DDP when there are several processes, run forward and backward on this process's share of a fixed random
+    global batch, and on rank 0 save the parameters' gradients to the job's path."""
+    from fastreid.config import get_cfg
+    from fastreid.modeling import build_model
+    from fastreid.utils import comm
+    from fastreid.utils.events import EventStorage
+
+    world, rank = comm.get_world_size(), comm.get_rank()
+    for opts, dtype_name, out in jobs:
+        dtype = getattr(torch, dtype_name)
+        cfg = get_cfg()
+        scsn.add_scsn_config(cfg)
+        cfg.merge_from_file(SCSN_R18)
+        cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.HEADS.NUM_CLASSES", str(IDENTITIES), *opts])
+        torch.manual_seed(0)
+        model = build_model(cfg).to(dtype).train()
+        batch = IDENTITIES * INSTANCES
+        images = torch.rand(batch, 3, *cfg.INPUT.SIZE_TRAIN, generator=torch.Generator().manual_seed(1),
+                            dtype=dtype) * 255
+        targets = torch.arange(IDENTITIES).repeat_interleave(INSTANCES)
+        share = slice(rank * batch // world, (rank + 1) * batch // world)
+        wrapped = scsn.compat.CpuDistributedDataParallel(model, broadcast_buffers=False) if world > 1 else model
+        with EventStorage(0):
+            losses = wrapped({"images": images[share].clone(), "targets": targets[share]})
+        sum(losses.values()).backward()
+        if rank == 0:
+            torch.save({k: p.grad for k, p in model.named_parameters() if p.grad is not None}, out)
+
+
+def compare_gradients(reference, distributed):
+    """{relative, max_abs_diff, max_grad, worst_tensor, worst_tensor_relative} of two gradient dicts."""
+    per_tensor = {k: ((reference[k] - distributed[k]).abs().max().item(), reference[k].abs().max().item())
+                  for k in reference}
+    max_diff = max(d for d, _ in per_tensor.values())
+    max_grad = max(g for _, g in per_tensor.values())
+    worst = max(per_tensor, key=lambda k: per_tensor[k][0] / (per_tensor[k][1] or 1.0))
+    return {
+        "relative": max_diff / max_grad,
+        "max_abs_diff": max_diff,
+        "max_grad": max_grad,
+        "worst_tensor": worst,
+        "worst_tensor_relative": per_tensor[worst][0] / (per_tensor[worst][1] or 1.0),
+    }
+
+
+def distributed_against_one_process(cases, workdir):
+    """cases: [(overrides, dtype name)] -> one compare_gradients dict per case: each case's gradients in this
+    process (one process, no process group) and in 2 processes launched by fast-reid's ``launch``."""
+    from fastreid.engine import launch
+
+    reference_jobs, distributed_jobs = [], []
+    for i, (opts, dtype) in enumerate(cases):
+        reference_jobs.append((opts, dtype, os.path.join(workdir, f"one_{i}.pt")))
+        distributed_jobs.append((opts, dtype, os.path.join(workdir, f"two_{i}.pt")))
+    step_gradients(reference_jobs)
+    launch(step_gradients, 2, dist_url="auto", args=(distributed_jobs,))
+    return [compare_gradients(torch.load(one, weights_only=True), torch.load(two, weights_only=True))
+            for (_, _, one), (_, _, two) in zip(reference_jobs, distributed_jobs)]
+
+
+def run_distributed(args):
+    cases = [(opts, dtype) for opts in SETTINGS.values() for dtype in ("float64", "float32")]
+    with tempfile.TemporaryDirectory() as workdir:
+        results = distributed_against_one_process(cases, workdir)
+    rows = []
+    for (name, _), dtype, result in zip([(n, o) for n, o in SETTINGS.items() for _ in (0, 1)],
+                                        [d for _ in SETTINGS for d in ("float64", "float32")], results):
+        rows.append({"setting": name, "dtype": dtype, **result})
+    print("| setting | precision | max abs gradient difference / max abs gradient | worst tensor (its relative difference) |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['setting']} | {r['dtype']} | {r['relative']:.1e} | {r['worst_tensor']} ({r['worst_tensor_relative']:.1e}) |")
+    return {"batch": f"{IDENTITIES} identities x {INSTANCES} images, 2 processes x {IDENTITIES * INSTANCES // 2}",
+            "rows": rows}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+def train_net_command(output_dir, epochs, *extra):
+    return [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), *extra,
+            "--config-file", SCSN_R18, "DATASETS.NAMES", '("SyntheticReIDTiny",)',
+            "DATASETS.TESTS", '("SyntheticReIDTiny",)', "SOLVER.IMS_PER_BATCH", "16", "SOLVER.WARMUP_ITERS", "2",
+            "TEST.IMS_PER_BATCH", "32", "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu", "SEED", "5",
+            "SOLVER.MAX_EPOCH", str(epochs), "SOLVER.CHECKPOINT_PERIOD", "1", "TEST.EVAL_PERIOD", "2",
+            "OUTPUT_DIR", output_dir]
+
+
+def same_state(a, b):
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def run_kills(args):
+    from scsn.checkpoint import load_checkpoint_file
+    from scsn.evaluation import logged_metrics
+
+    rng = random.Random(args.seed)
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory() as workdir:
+        env.setdefault("FASTREID_DATASETS", os.path.join(workdir, "datasets"))
+        whole, part = os.path.join(workdir, "whole"), os.path.join(workdir, "part")
+        start = time.time()
+        done = subprocess.run(train_net_command(whole, args.epochs), cwd=ROOT, env=env, capture_output=True,
+                              text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        uninterrupted_s = time.time() - start
+        expected = logged_metrics(done.stdout + done.stderr, "SyntheticReIDTiny")
+        epoch_s = uninterrupted_s / args.epochs
+        kills, during_save, log = [], 0, ""
+        tag = os.path.join(part, "last_checkpoint")
+        while True:
+            resume = ["--resume"] if os.path.exists(tag) else []
+            before = open(tag).read() if resume else None
+            proc = subprocess.Popen(train_net_command(part, args.epochs, *resume), cwd=ROOT, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            if len(kills) < args.kills:
+                # Wait for this segment's first checkpoint, so that every segment makes progress, then kill.
+                while proc.poll() is None and (not os.path.exists(tag) or open(tag).read() == before):
+                    time.sleep(0.02)
+                time.sleep(rng.uniform(0, epoch_s))
+                if proc.poll() is None:
+                    saving = any(f.endswith(".tmp") for f in os.listdir(part))
+                    proc.send_signal(signal.SIGKILL)
+                    proc.communicate()
+                    kills.append({"after_checkpoint": open(tag).read(), "while_saving": saving})
+                    during_save += saving
+                    continue
+            log = proc.communicate()[0]
+            assert proc.returncode == 0, log[-3000:]
+            break
+        a = load_checkpoint_file(os.path.join(whole, "model_final.pth"))
+        b = load_checkpoint_file(os.path.join(part, "model_final.pth"))
+        result = {
+            "epochs": args.epochs, "kills": len(kills), "kills_while_saving": during_save,
+            "kill_points": kills, "same_final_state": same_state(a, b),
+            "same_metrics": logged_metrics(log, "SyntheticReIDTiny") == expected,
+            "metrics": expected, "uninterrupted_run_s": round(uninterrupted_s, 1),
+        }
+    print("| kills (of which while saving) | final weights, optimizer, schedulers, run seed equal | metrics equal |")
+    print("|---|---|---|")
+    print(f"| {result['kills']} ({during_save}) | {result['same_final_state']} | {result['same_metrics']} |")
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("distributed")
+    kills = sub.add_parser("kills")
+    kills.add_argument("--kills", type=int, default=6)
+    kills.add_argument("--epochs", type=int, default=6)
+    kills.add_argument("--seed", type=int, default=0, help="seed of the kill times")
+    parser.add_argument("--out", default=None, help="JSON path (default bench/reliability_<command>.json)")
+    args = parser.parse_args()
+    result = {"distributed": run_distributed, "kills": run_kills}[args.command](args)
+    result["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    out = args.out or os.path.join(ROOT, "bench", f"reliability_{args.command}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
