@@ -155,11 +155,6 @@ class ReseedHook(HookBase):
 
 def _base_sampler(cfg, train_set, seed):
     name = cfg.DATALOADER.SAMPLER_TRAIN
-    if name not in SUPPORTED_SAMPLERS:
-        raise InputError(
-            f"DATALOADER.SAMPLER_TRAIN {name!r} is not supported (fast-reid 1.4.0's SetReWeightSampler never "
-            f"fills a batch); use one of {', '.join(SUPPORTED_SAMPLERS)}."
-        )
     batch_size, instances = cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE
     if name == "TrainingSampler":
         base = samplers.TrainingSampler(len(train_set), seed=seed)
@@ -200,6 +195,12 @@ def _check_batch(cfg, train_set, world_size):
 def build_train_loader(cfg):
     """fast-reid's training loader (``build_reid_train_loader``: datasets, transforms, DataLoaderX) with a
     :class:`ResumableSampler` over a :class:`SeededDataset`."""
+    name = cfg.DATALOADER.SAMPLER_TRAIN
+    if name not in SUPPORTED_SAMPLERS:
+        raise InputError(
+            f"DATALOADER.SAMPLER_TRAIN {name!r} is not supported (fast-reid 1.4.0's SetReWeightSampler never "
+            f"fills a batch); use one of {', '.join(SUPPORTED_SAMPLERS)}."
+        )
     train_set = build_reid_train_loader(cfg, combineall=cfg.DATASETS.COMBINEALL).dataset
     world_size = comm.get_world_size()
     _check_batch(cfg, train_set, world_size)
