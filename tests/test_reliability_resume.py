@@ -39,8 +39,8 @@ def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path):
 
     part = tmp_path / "part"
     env = dict(os.environ, FASTREID_DATASETS=str(data), OMP_NUM_THREADS="2")
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "train_net.py"), *RUN, "OUTPUT_DIR", str(part)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), *RUN, "OUTPUT_DIR", str(part)]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while not (part / "last_checkpoint").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)

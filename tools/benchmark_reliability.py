@@ -107,17 +107,16 @@ def distributed_against_one_process(cases, workdir):
 
 
 def run_distributed(args):
-    cases = [(opts, dtype) for opts in SETTINGS.values() for dtype in ("float64", "float32")]
+    cases = [(name, dtype) for name in SETTINGS for dtype in ("float64", "float32")]
     with tempfile.TemporaryDirectory() as workdir:
-        results = distributed_against_one_process(cases, workdir)
-    rows = []
-    for (name, _), dtype, result in zip([(n, o) for n, o in SETTINGS.items() for _ in (0, 1)],
-                                        [d for _ in SETTINGS for d in ("float64", "float32")], results):
-        rows.append({"setting": name, "dtype": dtype, **result})
-    print("| setting | precision | max abs gradient difference / max abs gradient | worst tensor (its relative difference) |")
+        results = distributed_against_one_process([(SETTINGS[name], dtype) for name, dtype in cases], workdir)
+    rows = [{"setting": name, "dtype": dtype, **result} for (name, dtype), result in zip(cases, results)]
+    print("| setting | precision | max abs gradient difference / max abs gradient | "
+          "worst tensor (its own relative difference) |")
     print("|---|---|---|---|")
     for r in rows:
-        print(f"| {r['setting']} | {r['dtype']} | {r['relative']:.1e} | {r['worst_tensor']} ({r['worst_tensor_relative']:.1e}) |")
+        print(f"| {r['setting']} | {r['dtype']} | {r['relative']:.1e} | "
+              f"{r['worst_tensor']} ({r['worst_tensor_relative']:.1e}) |")
     return {"batch": f"{IDENTITIES} identities x {INSTANCES} images, 2 processes x {IDENTITIES * INSTANCES // 2}",
             "rows": rows}
 
@@ -206,7 +205,8 @@ def main():
     parser.add_argument("--out", default=None, help="JSON path (default bench/reliability_<command>.json)")
     args = parser.parse_args()
     result = {"distributed": run_distributed, "kills": run_kills}[args.command](args)
-    result["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    result["machine"] = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+                         f"torch {torch.__version__}")
     out = args.out or os.path.join(ROOT, "bench", f"reliability_{args.command}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
