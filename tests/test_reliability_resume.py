@@ -59,3 +59,27 @@ def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path):
     resumed = load_checkpoint_file(str(part / "model_final.pth"))
     assert whole.keys() == resumed.keys() >= {"model", "optimizer", "lr_sched", "warmup_sched", "data_sampler"}
     assert_same_state(whole, resumed)
+
+
+def test_a_resumed_run_does_not_freeze_the_layers_again(cfg):
+    """SBS / MGN keep the backbone still for SOLVER.FREEZE_ITERS steps; fast-reid counted them from 0 in every
+    process, so a resume froze it again. resume_state sets the count to the resumed iteration."""
+    from fastreid.solver import build_optimizer
+
+    cfg.MODEL.FREEZE_LAYERS = ["backbone"]
+    cfg.SOLVER.FREEZE_ITERS = 2
+    cfg.SOLVER.OPT = "SGD"
+
+    def moved_after_one_step(frozen_steps):
+        model = torch.nn.Module()
+        model.backbone, model.heads = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+        optimizer, _ = build_optimizer(cfg, model)
+        if frozen_steps is not None:
+            optimizer.frozen_steps = frozen_steps
+        before = [p.detach().clone() for p in (model.backbone.weight, model.heads.weight)]
+        model.heads(model.backbone(torch.ones(1, 2))).sum().backward()
+        optimizer.step()
+        return [not torch.equal(b, p) for b, p in zip(before, (model.backbone.weight, model.heads.weight))]
+
+    assert moved_after_one_step(None) == [False, True]  # a fresh run: the backbone is frozen, the head learns
+    assert moved_after_one_step(2) == [True, True]  # resumed at iteration 2: the freeze is over

@@ -8,10 +8,11 @@ samplers; process r takes the r-th half, whole identities) goes through SCSN-R18
 SyncBN) and precision, the largest difference between the two runs' gradients relative to the largest gradient,
 and the tensor where the relative difference is largest.
 
-``kills``: a short training run on SyntheticReIDTiny killed with SIGKILL at random moments (after a first
-checkpoint of the segment, then a random delay of up to one epoch: during an iteration, an evaluation or a
-checkpoint write) and continued with --resume each time, against the same run never interrupted: are the final
-weights, optimizer and scheduler states and metrics equal?
+``kills``: a short training run on SyntheticReIDTiny killed with SIGKILL again and again, and continued with
+--resume each time, against the same run never interrupted: are the final weights, optimizer and scheduler
+states and metrics equal? Every other kill lands while a checkpoint is being written, the others at a random
+moment up to an epoch after the segment's first checkpoint (an iteration, an evaluation or a write); after
+each kill the checkpoint that last_checkpoint names must load.
 
     python tools/benchmark_reliability.py distributed          # bench/reliability_distributed.json
     python tools/benchmark_reliability.py kills --kills 6      # bench/reliability_kills.json
@@ -152,6 +153,15 @@ def same_state(a, b):
     return a == b
 
 
+def writing_since(folder, since):
+    """A temporary checkpoint file (scsn/checkpoint.py atomic_write) modified after ``since``, or None."""
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if name.endswith(".tmp") and os.path.getmtime(path) > since:
+            return name
+    return None
+
+
 def run_kills(args):
     from scsn.checkpoint import load_checkpoint_file
     from scsn.evaluation import logged_metrics
@@ -166,41 +176,51 @@ def run_kills(args):
                               text=True)
         assert done.returncode == 0, done.stderr[-3000:]
         uninterrupted_s = time.time() - start
-        expected = logged_metrics(done.stdout + done.stderr, "SyntheticReIDTiny")
+        expected = logged_metrics(done.stdout + done.stderr, "SyntheticReIDTiny")[-1]
         epoch_s = uninterrupted_s / args.epochs
-        kills, during_save, log = [], 0, ""
+        kills, log = [], ""
         tag = os.path.join(part, "last_checkpoint")
         while True:
             resume = ["--resume"] if os.path.exists(tag) else []
-            before = open(tag).read() if resume else None
+            before, started = (open(tag).read() if resume else None), time.time()
             proc = subprocess.Popen(train_net_command(part, args.epochs, *resume), cwd=ROOT, env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             if len(kills) < args.kills:
-                # Wait for this segment's first checkpoint, so that every segment makes progress, then kill.
-                while proc.poll() is None and (not os.path.exists(tag) or open(tag).read() == before):
-                    time.sleep(0.02)
-                time.sleep(rng.uniform(0, epoch_s))
+                # Every other kill lands in a checkpoint write; the others at a random moment up to an epoch
+                # after the segment's first checkpoint (so that every such segment makes progress).
+                while_saving = len(kills) % 2 == 0
+                while proc.poll() is None:
+                    if while_saving and writing_since(part, started):
+                        break
+                    if not while_saving and os.path.exists(tag) and open(tag).read() != before:
+                        time.sleep(rng.uniform(0, epoch_s))
+                        break
+                    time.sleep(0.01)
+                writing = writing_since(part, started) if while_saving else None
                 if proc.poll() is None:
-                    saving = any(f.endswith(".tmp") for f in os.listdir(part))
                     proc.send_signal(signal.SIGKILL)
                     proc.communicate()
-                    kills.append({"after_checkpoint": open(tag).read(), "while_saving": saving})
-                    during_save += saving
+                    last = open(tag).read() if os.path.exists(tag) else None
+                    if last is not None:  # the checkpoint it names must load
+                        load_checkpoint_file(os.path.join(part, last))
+                    kills.append({"while_writing": writing, "last_checkpoint_after_kill": last})
                     continue
             log = proc.communicate()[0]
             assert proc.returncode == 0, log[-3000:]
             break
         a = load_checkpoint_file(os.path.join(whole, "model_final.pth"))
         b = load_checkpoint_file(os.path.join(part, "model_final.pth"))
+        during_save = sum(k["while_writing"] is not None for k in kills)
         result = {
             "epochs": args.epochs, "kills": len(kills), "kills_while_saving": during_save,
             "kill_points": kills, "same_final_state": same_state(a, b),
-            "same_metrics": logged_metrics(log, "SyntheticReIDTiny") == expected,
-            "metrics": expected, "uninterrupted_run_s": round(uninterrupted_s, 1),
+            "same_final_metrics": logged_metrics(log, "SyntheticReIDTiny")[-1] == expected,
+            "final_metrics": expected, "uninterrupted_run_s": round(uninterrupted_s, 1),
         }
-    print("| kills (of which while saving) | final weights, optimizer, schedulers, run seed equal | metrics equal |")
+    print("| kills (of which while writing a checkpoint) | final weights, optimizer, schedulers, run seed equal "
+          "| final metrics equal |")
     print("|---|---|---|")
-    print(f"| {result['kills']} ({during_save}) | {result['same_final_state']} | {result['same_metrics']} |")
+    print(f"| {result['kills']} ({during_save}) | {result['same_final_state']} | {result['same_final_metrics']} |")
     return result
 
 
@@ -210,7 +230,7 @@ def main():
     sub.add_parser("distributed")
     kills = sub.add_parser("kills")
     kills.add_argument("--kills", type=int, default=6)
-    kills.add_argument("--epochs", type=int, default=6)
+    kills.add_argument("--epochs", type=int, default=8)
     kills.add_argument("--seed", type=int, default=0, help="seed of the kill times")
     parser.add_argument("--out", default=None, help="JSON path (default bench/reliability_<command>.json)")
     args = parser.parse_args()

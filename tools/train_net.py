@@ -52,7 +52,7 @@ class Trainer(DefaultTrainer):
         self.checkpointer.strict = resuming
         super().resume_or_load(resume)
         if resuming:
-            sampling.resume_stream(self)
+            sampling.resume_state(self)
             restore_best_metric(self)
 
 

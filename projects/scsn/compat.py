@@ -363,6 +363,42 @@ def _patch_cpu_distributed():
     torch.nn.SyncBatchNorm.forward = forward
 
 
+def _patch_freeze_layer_count():
+    """solver/build.py:120-154: the optimizer that keeps MODEL.FREEZE_LAYERS still for the first
+    SOLVER.FREEZE_ITERS steps (the SBS and MGN recipes: the backbone, 1000 iterations) counts those steps in a
+    closure, from 0 in every process, so a run resumed at any iteration froze the layers again for
+    FREEZE_ITERS steps. The count is the optimizer's ``frozen_steps`` attribute here, which a resume sets to
+    the iteration it starts at (scsn/sampling.py ``resume_state``); the step is upstream's otherwise."""
+    from fastreid.solver import build as solver_build
+
+    upstream = solver_build._generate_optimizer_class_with_freeze_layer
+    if getattr(upstream, "_scsn_patched", False):
+        return
+
+    @functools.wraps(upstream)
+    def generate(optimizer, *, freeze_iters=0):
+        assert freeze_iters > 0, "No layers need to be frozen or freeze iterations is 0"
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            if self.frozen_steps >= freeze_iters:
+                return optimizer.step(self, closure)
+            self.frozen_steps += 1
+            frozen = [p for group in self.param_groups if group["freeze_status"] == "freeze"
+                      for p in group["params"] if p.grad is not None]
+            grads = [p.grad for p in frozen]
+            for p in frozen:
+                p.grad = None
+            optimizer.step(self, closure)
+            for p, g in zip(frozen, grads):
+                p.grad = g
+
+        return type(optimizer.__name__ + "WithFreezeLayer", (optimizer,), {"step": step, "frozen_steps": 0})
+
+    generate._scsn_patched = True
+    solver_build._generate_optimizer_class_with_freeze_layer = generate
+
+
 def _patch_metric_printer():
     """utils/events.py:218-221 ``CommonMetricPrinter.write`` estimates the time per iteration as the time since
     its last line over the iterations since; until IterationTimer has recorded a time (its first 3 iterations)
@@ -438,4 +474,5 @@ def apply():
     _patch_cpu_rerank()
     _patch_cpu_distributed()
     _patch_metric_printer()
+    _patch_freeze_layer_count()
     _applied = True

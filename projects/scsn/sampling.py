@@ -44,7 +44,7 @@ from .checks import InputError
 logger = logging.getLogger(__name__)
 
 __all__ = ["ResumableSampler", "SeededDataset", "ReseedHook", "build_train_loader", "make_resumable",
-           "resume_stream", "derive_seed", "SUPPORTED_SAMPLERS"]
+           "resume_state", "derive_seed", "SUPPORTED_SAMPLERS"]
 
 SUPPORTED_SAMPLERS = ("TrainingSampler", "NaiveIdentitySampler", "BalancedIdentitySampler",
                       "ImbalancedDatasetSampler")
@@ -219,13 +219,14 @@ def make_resumable(trainer):
     trainer.register_hooks([ReseedHook(sampler)])
 
 
-def resume_stream(trainer):
-    """After ``resume_or_load``: restart the training batches at the resumed epoch's first global batch (the
-    loader's prefetching thread started at batch 0 when the trainer was built)."""
+def resume_state(trainer):
+    """After ``resume_or_load`` from a checkpoint: restart the training batches at the resumed epoch's first
+    global batch (the loader's prefetching thread started at batch 0 when the trainer was built), and count
+    the iterations before it as done towards SOLVER.FREEZE_ITERS (scsn/compat.py)."""
     start = trainer.start_epoch * trainer.iters_per_epoch
     loader = trainer.data_loader
-    if start == 0:
-        return
     loader.batch_sampler.sampler.start = start
     loader.shutdown()
     trainer._trainer._data_loader_iter = iter(loader)
+    if hasattr(trainer.optimizer, "frozen_steps"):
+        trainer.optimizer.frozen_steps = start
