@@ -155,10 +155,12 @@ def same_state(a, b):
 
 def writing_since(folder, since):
     """A temporary checkpoint file (scsn/checkpoint.py atomic_write) modified after ``since``, or None."""
-    for name in os.listdir(folder):
-        path = os.path.join(folder, name)
-        if name.endswith(".tmp") and os.path.getmtime(path) > since:
-            return name
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        try:
+            if name.endswith(".tmp") and os.path.getmtime(os.path.join(folder, name)) > since:
+                return name
+        except FileNotFoundError:  # renamed into place meanwhile
+            continue
     return None
 
 
