@@ -62,12 +62,12 @@ def test_stream_restarts_at_a_global_batch_and_leaves_the_global_rng_alone():
 @no_cuda
 def test_two_processes_compute_the_one_process_gradient_where_the_loss_decomposes(tmp_path):
     """float64, so that float32 rounding (measured in README.md) cannot hide a real difference: with
-    cross-entropy and SyncBN every term of the step is per image or synchronised, and the gradients agree to
-    rounding; the batch-hard triplet loss mines each process's half only (fast-reid 1.4.0's triplet_loss does
-    not gather), so with it they do not."""
+    cross-entropy and SyncBN every term of the step is per image or synchronised, and the gradients and the BN
+    running statistics agree to rounding; the batch-hard triplet loss mines each process's half only (fast-reid
+    1.4.0's triplet_loss does not gather), so with it they do not."""
     decomposes, triplet = distributed_against_one_process([(CE + SYNC_BN, "float64"), (SYNC_BN, "float64")],
                                                           str(tmp_path))
-    assert decomposes["relative"] < 1e-10
+    assert decomposes["relative"] < 1e-10 and decomposes["running_stats_max_abs_diff"] < 1e-10
     assert triplet["relative"] > 1e-3
 
 

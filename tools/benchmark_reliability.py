@@ -74,11 +74,16 @@ def step_gradients(jobs):
             losses = wrapped({"images": images[share].clone(), "targets": targets[share]})
         sum(losses.values()).backward()
         if rank == 0:
-            torch.save({k: p.grad for k, p in model.named_parameters() if p.grad is not None}, out)
+            torch.save({"grad": {k: p.grad for k, p in model.named_parameters() if p.grad is not None},
+                        "running": {k: b for k, b in model.named_buffers() if "running" in k}}, out)
 
 
 def compare_gradients(reference, distributed):
-    """{relative, max_abs_diff, max_grad, worst_tensor, worst_tensor_relative} of two gradient dicts."""
+    """{relative, max_abs_diff, max_grad, worst_tensor, worst_tensor_relative} of two gradient dicts, and
+    running_stats_max_abs_diff of the BN running statistics after the step's forward pass."""
+    running = max((reference["running"][k] - distributed["running"][k]).abs().max().item()
+                  for k in reference["running"])
+    reference, distributed = reference["grad"], distributed["grad"]
     per_tensor = {k: ((reference[k] - distributed[k]).abs().max().item(), reference[k].abs().max().item())
                   for k in reference}
     max_diff = max(d for d, _ in per_tensor.values())
@@ -90,6 +95,7 @@ def compare_gradients(reference, distributed):
         "max_grad": max_grad,
         "worst_tensor": worst,
         "worst_tensor_relative": per_tensor[worst][0] / (per_tensor[worst][1] or 1.0),
+        "running_stats_max_abs_diff": running,
     }
 
 
@@ -120,14 +126,14 @@ def run_distributed(args):
                   "two processes": compare_gradients(grads["one_0"], grads["two_1"])}
     rows = [{"setting": name, "dtype": dtype, **result} for (name, dtype), result in zip(cases, results)]
     print("| setting | precision | max abs gradient difference / max abs gradient | "
-          "worst tensor (its own relative difference) |")
-    print("|---|---|---|---|")
+          "worst tensor (its own relative difference) | BN running statistics, max abs difference |")
+    print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['setting']} | {r['dtype']} | {r['relative']:.1e} | "
-              f"{r['worst_tensor']} ({r['worst_tensor_relative']:.1e}) |")
+              f"{r['worst_tensor']} ({r['worst_tensor_relative']:.1e}) | {r['running_stats_max_abs_diff']:.1e} |")
     for who, floor in floors.items():
         print(f"| {cases[0][0]}: {who} in float32 against one process in float64 | | {floor['relative']:.1e} | "
-              f"{floor['worst_tensor']} ({floor['worst_tensor_relative']:.1e}) |")
+              f"{floor['worst_tensor']} ({floor['worst_tensor_relative']:.1e}) | |")
     return {"batch": f"{IDENTITIES} identities x {INSTANCES} images, 2 processes x {IDENTITIES * INSTANCES // 2}",
             "rows": rows, "float32_against_float64": floors}
 

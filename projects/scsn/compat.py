@@ -65,8 +65,9 @@ def _patch_zero_grad():
 
 def _patch_cpu_data_loader():
     """(3) data/data_utils.py:151 ``DataLoaderX`` creates a CUDA stream, :127 its background thread calls
-    ``torch.cuda.set_device`` and :182-190 copy batches to the GPU; all fail without a CUDA driver.
-    Without CUDA the batches stay on the CPU, unpinned; with CUDA upstream runs unchanged."""
+    ``torch.cuda.set_device`` (see :func:`_patch_loader_thread_errors`) and :182-190 copy batches to the GPU;
+    all fail without a CUDA driver. Without CUDA the batches stay on the CPU, unpinned; with CUDA upstream runs
+    unchanged."""
     if torch.cuda.is_available():
         return
     from fastreid.data import data_utils
