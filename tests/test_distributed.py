@@ -16,7 +16,7 @@ from scsn.sampling import ResumableSampler
 from test_train_net import ROOT, metrics, train_net
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
-from benchmark_reliability import CE, SYNC_BN, distributed_against_one_process  # noqa: E402
+from benchmark_reliability import CE, STAGE3_STRIDE_2, SYNC_BN, distributed_against_one_process  # noqa: E402
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU (gloo) path")
 
@@ -82,7 +82,7 @@ ONE_STEP = [
     "DATASETS.TESTS", '("SyntheticReIDTiny",)', "SOLVER.IMS_PER_BATCH", "32", "TEST.IMS_PER_BATCH", "32",
     "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu", "SEED", "0", "SOLVER.MAX_EPOCH", "1",
     "SOLVER.OPT", "SGD", "SOLVER.BASE_LR", "1.0", "SOLVER.WEIGHT_DECAY", "0.0", "SOLVER.WEIGHT_DECAY_NORM", "0.0",
-    *CE, *SYNC_BN,
+    *CE, *SYNC_BN, *STAGE3_STRIDE_2,
 ]
 
 
@@ -95,7 +95,7 @@ def initial_weights(path):
     cfg = get_cfg()
     scsn.add_scsn_config(cfg)
     cfg.merge_from_file(os.path.join(ROOT, "configs", "Synthetic", "scsn_r18.yml"))
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.HEADS.NUM_CLASSES", "8", *SYNC_BN])
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.HEADS.NUM_CLASSES", "8", *SYNC_BN, *STAGE3_STRIDE_2])
     torch.manual_seed(0)
     model = build_model(cfg)
     torch.save({"model": model.state_dict()}, path)

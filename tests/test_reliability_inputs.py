@@ -71,7 +71,8 @@ def test_odd_override_list_and_missing_or_broken_files(tmp_path):
 
 
 def test_stripes_not_dividing_the_map_height_stop_the_build_with_the_keys():
-    overrides = ["MODEL.DEVICE", "cpu", "MODEL.HEADS.NUM_CLASSES", "8", "INPUT.SIZE_TRAIN", "[144, 64]"]
+    overrides = ["MODEL.DEVICE", "cpu", "MODEL.HEADS.NUM_CLASSES", "8", "INPUT.SIZE_TRAIN", "[144, 64]",
+                 "MODEL.BACKBONE.STAGE3_STRIDE", "2"]
     cfg = load_config(fresh_cfg(), SCSN_R18, overrides)
     with pytest.raises(ConfigError, match=r"INPUT\.SIZE_TRAIN height 144 gives a 9-row feature map.*"
                                           r"MODEL\.HEADS\.NUM_STRIPES=8"):
