@@ -149,17 +149,6 @@ def test_k_reciprocal_rerank_on_cpu(cfg):
 
 
 @no_cuda
-def test_multi_process_launch_falls_back_to_one_cpu_process():
-    """(8) launch.py asserts CUDA in each spawned worker."""
-    from fastreid.engine import launch
-
-    calls = []
-    with pytest.warns(UserWarning, match="single CPU process"):
-        launch(lambda x: calls.append(x), 2, args=(7,))
-    assert calls == [7]
-
-
-@no_cuda
 def test_cuda_config_runs_on_cpu_with_one_warning(cfg):
     """(7) MODEL.DEVICE cuda / SOLVER.AMP.ENABLED on a machine without CUDA."""
     cfg.MODEL.DEVICE = "cuda"

@@ -2,11 +2,21 @@
 """Train and evaluate SCSN, or any of fast-reid's built-in models, with fast-reid's DefaultTrainer.
 
 This is fast-reid's tools/train_net.py skeleton. ``import scsn`` makes the fastreid wheel run on this
-stack and registers SCSN's components; the Trainer swaps in the chunked evaluator, which gives the stock
-evaluator's numbers without materialising the whole query x gallery matrix.
+stack (on several CPU processes too, over gloo), registers SCSN's components, and makes fast-reid's checkpoints
+atomic to write and safe to load. The Trainer swaps in:
+
+* the chunked evaluator, which gives the stock evaluator's numbers without the whole query x gallery matrix;
+* a training loader whose batches and augmentations are a function of (seed, position in the stream), so that
+  ``--resume`` continues as the uninterrupted run did and N processes train on the batches one process would
+  (scsn/sampling.py);
+* strict loading when resuming: a checkpoint that does not fill the model stops the run.
+
+Bad input stops with one line (``scsn.checks.InputError``) instead of a traceback.
 """
 import os
 import sys
+
+import torch.multiprocessing as mp
 
 import scsn
 from fastreid.config import get_cfg
@@ -16,14 +26,34 @@ from fastreid.utils import comm
 from fastreid.utils.env import seed_all_rng
 from fastreid.utils.logger import setup_logger
 
+from scsn import sampling
+from scsn.checkpoint import restore_best_metric
+from scsn.checks import InputError, load_config
 from scsn.evaluation import ChunkedReidEvaluator
 
 
 class Trainer(DefaultTrainer):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        sampling.make_resumable(self)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return sampling.build_train_loader(cfg)
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_dir=None):
         data_loader, num_query = cls.build_test_loader(cfg, dataset_name)
         return data_loader, ChunkedReidEvaluator(cfg, num_query, output_dir)
+
+    def resume_or_load(self, resume=True):
+        resuming = resume and self.checkpointer.has_checkpoint()
+        # Continuing a run needs all of it; fine-tuning from MODEL.WEIGHTS may load part of a model.
+        self.checkpointer.strict = resuming
+        super().resume_or_load(resume)
+        if resuming:
+            sampling.resume_state(self)
+            restore_best_metric(self)
 
 
 def refuse_to_overwrite(cfg, args):
@@ -42,8 +72,7 @@ def refuse_to_overwrite(cfg, args):
 def setup(args):
     cfg = get_cfg()
     scsn.add_scsn_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    load_config(cfg, args.config_file, args.opts)
     scsn.compat.resolve_device(cfg)
     refuse_to_overwrite(cfg, args)
     cfg.freeze()
@@ -55,30 +84,38 @@ def setup(args):
 
 
 def main(args):
-    cfg = setup(args)
+    try:
+        cfg = setup(args)
 
-    if args.eval_only:
-        if not os.path.isfile(cfg.MODEL.WEIGHTS):
-            sys.exit(f"--eval-only needs a checkpoint: MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r} is not a file.")
-        cfg.defrost()
-        cfg.MODEL.BACKBONE.PRETRAIN = False
-        model = Trainer.build_model(cfg)
-        Checkpointer(model).load(cfg.MODEL.WEIGHTS)
-        return Trainer.test(cfg, model)
+        if args.eval_only:
+            if not os.path.isfile(cfg.MODEL.WEIGHTS):
+                sys.exit(f"--eval-only needs a checkpoint: MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r} is not a file.")
+            cfg.defrost()
+            cfg.MODEL.BACKBONE.PRETRAIN = False
+            model = Trainer.build_model(cfg)
+            checkpointer = Checkpointer(model)
+            checkpointer.strict = True  # never evaluate a model that the checkpoint fills only in part
+            checkpointer.load(cfg.MODEL.WEIGHTS)
+            return Trainer.test(cfg, model)
 
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        return trainer.train()
+    except InputError as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except mp.ProcessExitedException as e:  # a worker process stopped with its own message, printed above
+        sys.exit(f"error: {e}")

@@ -11,6 +11,10 @@ from . import checks  # noqa: E402
 
 checks.apply()
 
+from . import checkpoint  # noqa: E402
+
+checkpoint.apply()
+
 from .config import add_scsn_config  # noqa: E402,F401
 from .suppression import CascadedSuppressionHead  # noqa: E402,F401
 from .meta_arch import SCSN  # noqa: E402,F401

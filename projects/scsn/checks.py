@@ -1,26 +1,124 @@
-"""Clear errors for bad input that fastreid reports from deep inside (or not at all).
+"""Clear errors for bad input that fastreid reports from deep inside (or not at all), and recoveries where the
+input can be read as users mean it.
 
-Each patch keeps fastreid's behaviour and only replaces its failure with one message that says what was
-wrong and what to do; :func:`apply` runs when ``scsn`` is imported.
+Each patch keeps fastreid's behaviour on good input and only replaces its failure with one message that says
+what was wrong and what to do; :func:`apply` runs when ``scsn`` is imported. Every error here derives from
+:class:`InputError`, which ``tools/train_net.py`` prints as one line instead of a traceback.
 """
+import difflib
 import functools
 import os
+import re
+
+import numpy as np
+import yaml
+from PIL import Image, ImageOps
 
 from fastreid.data import common
 from fastreid.data.datasets import bases, msmt17
+from fastreid.engine import train_loop
 from fastreid.modeling.backbones import resnet
+from fastreid.utils.events import get_event_storage
+from fastreid.utils.file_io import PathManager
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class InputError(Exception):
+    """Bad input or settings, reported with one message that says what to do."""
+
+
+class ConfigError(InputError, ValueError):
     pass
 
 
-class PretrainedWeightsError(RuntimeError):
+class DatasetNotFoundError(InputError, FileNotFoundError):
     pass
 
 
-class UnreadableImageError(OSError):
+class EmptySplitError(InputError):
     pass
+
+
+class PretrainedWeightsError(InputError, RuntimeError):
+    pass
+
+
+class UnreadableImageError(InputError, OSError):
+    pass
+
+
+class NonFiniteLossError(InputError, FloatingPointError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Config
+
+
+def _config_keys(node, prefix=""):
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _config_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def _explain_config_error(cfg, error, where):
+    message = str(error.args[0]) if error.args else str(error)
+    unknown = re.search(r"Non-existent (?:config )?key: (\S+)", message)
+    if unknown:
+        key = unknown.group(1)
+        close = difflib.get_close_matches(key, list(_config_keys(cfg)), n=3, cutoff=0.6)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        return f"Unknown config key {key} in {where}.{hint}"
+    mismatch = re.search(r"Type mismatch \((.+?) vs\. (.+?)\) with values \((.*) vs\. (.*)\) for config key: (\S+)",
+                         message, re.S)
+    if mismatch:
+        expected, got, default, value, key = mismatch.groups()
+        return (f"Config key {key} in {where} expects a value of {expected} (its default is {default}), "
+                f"got {value!s} of {got}.")
+    if "odd length" in message:
+        return f"Config overrides in {where} come in KEY VALUE pairs; got an odd number of words: {message}"
+    return f"Invalid config in {where}: {message}"
+
+
+def load_config(cfg, config_file, opts):
+    """``cfg.merge_from_file(config_file)`` then ``cfg.merge_from_list(opts)`` (fast-reid's setup), with a
+    :class:`ConfigError` naming the key, where it came from and what it expects instead of yacs' traceback."""
+    if not os.path.isfile(config_file):
+        raise ConfigError(f"--config-file {config_file!r} is not a file.")
+    try:
+        cfg.merge_from_file(config_file)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Config file {config_file} (or a _BASE_ it names) is not valid YAML: {e}") from e
+    except OSError as e:
+        raise ConfigError(f"Cannot read config file {config_file} or a _BASE_ it names: {e}") from e
+    except (KeyError, ValueError, AssertionError) as e:
+        raise ConfigError(_explain_config_error(cfg, e, f"config file {config_file}")) from e
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, ValueError, AssertionError) as e:
+        raise ConfigError(_explain_config_error(cfg, e, "the command line")) from e
+    return cfg
+
+
+def _guard_build_model(upstream):
+    """modeling/meta_arch/build.py:20 ``build_model``: a value the model cannot be built from (e.g. a feature-map
+    height that MODEL.HEADS.NUM_STRIPES does not divide, an unregistered META_ARCHITECTURE) raises from deep
+    inside the model's constructor; the message there names the keys."""
+
+    @functools.wraps(upstream)
+    def build_model(cfg):
+        try:
+            return upstream(cfg)
+        except (ValueError, KeyError) as e:
+            message = str(e.args[0]) if e.args else str(e)
+            raise ConfigError(f"Cannot build the model from the config: {message}") from e
+
+    return build_model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Datasets and images
 
 
 def _check_before_run(self, required_files):
@@ -54,6 +152,43 @@ def _guard_msmt17_init(upstream):
     return __init__
 
 
+def _empty(dataset, split, folder_attribute):
+    folder = getattr(dataset, folder_attribute, None) or getattr(dataset, "dataset_dir", "")
+    return EmptySplitError(
+        f"{type(dataset).__name__}: the {split} split has no image (looked in {os.path.abspath(folder)!r}). "
+        "Check that the folder holds the dataset's images under their original names (fast-reid parses the "
+        "identity and camera from each file name)."
+    )
+
+
+def _guard_show_train(upstream):
+    """data/datasets/bases.py:151 ``show_train``, called when the training loader is built (data/build.py:38):
+    with no training image the sampler never fills a batch and training hangs or runs empty epochs."""
+
+    @functools.wraps(upstream)
+    def show_train(self):
+        if not self.train:
+            raise _empty(self, "training", "train_dir")
+        return upstream(self)
+
+    return show_train
+
+
+def _guard_show_test(upstream):
+    """data/datasets/bases.py:166 ``show_test``, called when a test loader is built (data/build.py:116): with no
+    query or no gallery image the evaluator fails on empty arrays."""
+
+    @functools.wraps(upstream)
+    def show_test(self):
+        if not self.query:
+            raise _empty(self, "query", "query_dir")
+        if not self.gallery:
+            raise _empty(self, "gallery", "gallery_dir")
+        return upstream(self)
+
+    return show_test
+
+
 def _guard_pretrained_download(upstream):
     """modeling/backbones/resnet.py:241 downloads ImageNet weights with gdown; offline that fails with a raw
     network traceback (or a missing gdown, or a truncated file)."""
@@ -73,25 +208,102 @@ def _guard_pretrained_download(upstream):
     return init_pretrained_weights
 
 
+# PIL modes of 16-bit (and 32-bit integer) greyscale images: PIL's convert("RGB") clips them at 255.
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def read_rgb(file_name):
+    """The image at ``file_name`` as an 8-bit RGB PIL image, whatever its mode: greyscale is replicated to the
+    three channels, alpha is dropped, palette and CMYK are converted, 16-bit greyscale is scaled to 8 bits
+    (value / 257). EXIF orientation is applied, as fast-reid's ``read_image`` does."""
+    with PathManager.open(file_name, "rb") as f:
+        image = Image.open(f)
+        try:
+            image = ImageOps.exif_transpose(image)
+        except Exception:  # fast-reid's read_image ignores broken EXIF data the same way (Pillow issue 3973)
+            pass
+        if image.mode in HIGH_BIT_DEPTH_MODES:
+            image = Image.fromarray(np.round(np.asarray(image, np.float64) / 257).clip(0, 255).astype(np.uint8))
+        return image.convert("RGB")
+
+
 def _guard_read_image(upstream):
-    """data/data_utils.py:17 ``read_image``, used by data/common.py:40: PIL's error does not name the file."""
+    """data/data_utils.py:17 ``read_image``, used without a format by data/common.py:40: PIL's errors (a truncated
+    JPEG, a file that is no image) do not name the file; and the image comes in whatever mode the file has, so
+    an RGBA, CMYK or 16-bit image reaches the model with 4 channels or fails in numpy, and a palette image is
+    read as its palette indices. Without a format it is read as RGB (:func:`read_rgb`); for an RGB or greyscale
+    file that is the image upstream returns."""
 
     @functools.wraps(upstream)
     def read_image(file_name, format=None):
         try:
-            return upstream(file_name, format)
+            return read_rgb(file_name) if format is None else upstream(file_name, format)
         except Exception as e:
-            raise UnreadableImageError(f"Cannot read image {file_name!r}: {type(e).__name__}: {e}") from e
+            raise UnreadableImageError(
+                f"Cannot read image {file_name!r}: {type(e).__name__}: {e}. Re-encode the file or remove it from the "
+                "dataset folder."
+            ) from e
 
     return read_image
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def _by_stage(losses):
+    """{'loss_cls_s2': nan, 'loss_triplet': inf} -> 'stage 2: loss_cls_s2 = nan; loss_triplet = inf'."""
+    groups = {}
+    for name, value in losses.items():
+        stage = re.search(r"_s(\d+)$", name)
+        groups.setdefault(f"stage {stage.group(1)}: " if stage else "", []).append(f"{name} = {value}")
+    return "; ".join(prefix + ", ".join(items) for prefix, items in sorted(groups.items()))
+
+
+def _guard_write_metrics(upstream):
+    """engine/train_loop.py:296-300 raises ``FloatingPointError`` with the dict of all the losses, their values
+    averaged over the processes, when their sum is not finite. The message here names the non-finite losses of
+    this process by cascade stage (SCSN's ``loss_<name>_s<t>``), and says what to do."""
+
+    @functools.wraps(upstream)
+    def _write_metrics(self, loss_dict, data_time):
+        try:
+            return upstream(self, loss_dict, data_time)
+        except FloatingPointError as e:
+            bad = {k: v.item() for k, v in loss_dict.items() if not np.isfinite(v.item())}
+            epoch = getattr(get_event_storage(), "epoch", None)
+            raise NonFiniteLossError(
+                f"Loss became NaN or infinite at iteration {self.iter}"
+                + (f" (epoch {epoch})" if epoch is not None else "")
+                + f": {_by_stage(bad) if bad else 'in another process'}. The weights were not updated with it, and "
+                "the checkpoints already written are intact. Lower SOLVER.BASE_LR or enable "
+                "SOLVER.CLIP_GRADIENTS.ENABLED, check the training images, then continue with --resume."
+            ) from e
+
+    return _write_metrics
+
+
 def apply():
+    import fastreid.modeling
+    import fastreid.modeling.meta_arch
+    from fastreid.engine import defaults
+    from fastreid.modeling.meta_arch import build as meta_arch_build
+
     if bases.Dataset.check_before_run is not _check_before_run:
         bases.Dataset.check_before_run = _check_before_run
     if not hasattr(msmt17.MSMT17.__init__, "__wrapped__"):
         msmt17.MSMT17.__init__ = _guard_msmt17_init(msmt17.MSMT17.__init__)
+    if not hasattr(bases.ImageDataset.show_train, "__wrapped__"):
+        bases.ImageDataset.show_train = _guard_show_train(bases.ImageDataset.show_train)
+        bases.ImageDataset.show_test = _guard_show_test(bases.ImageDataset.show_test)
     if not hasattr(resnet.init_pretrained_weights, "__wrapped__"):
         resnet.init_pretrained_weights = _guard_pretrained_download(resnet.init_pretrained_weights)
     if not hasattr(common.read_image, "__wrapped__"):
         common.read_image = _guard_read_image(common.read_image)
+    if not hasattr(train_loop.SimpleTrainer._write_metrics, "__wrapped__"):
+        train_loop.SimpleTrainer._write_metrics = _guard_write_metrics(train_loop.SimpleTrainer._write_metrics)
+    if not hasattr(meta_arch_build.build_model, "__wrapped__"):
+        build_model = _guard_build_model(meta_arch_build.build_model)
+        # Bound by name in each of these modules when they were imported.
+        for module in (meta_arch_build, fastreid.modeling.meta_arch, fastreid.modeling, defaults):
+            module.build_model = build_model

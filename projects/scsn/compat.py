@@ -65,8 +65,9 @@ def _patch_zero_grad():
 
 def _patch_cpu_data_loader():
     """(3) data/data_utils.py:151 ``DataLoaderX`` creates a CUDA stream, :127 its background thread calls
-    ``torch.cuda.set_device`` and :182-190 copy batches to the GPU; all fail without a CUDA driver.
-    Without CUDA the batches stay on the CPU, unpinned; with CUDA upstream runs unchanged."""
+    ``torch.cuda.set_device`` (see :func:`_patch_loader_thread_errors`) and :182-190 copy batches to the GPU;
+    all fail without a CUDA driver. Without CUDA the batches stay on the CPU, unpinned; with CUDA upstream runs
+    unchanged."""
     if torch.cuda.is_available():
         return
     from fastreid.data import data_utils
@@ -87,17 +88,51 @@ def _patch_cpu_data_loader():
         self.preload()
         return batch
 
-    def generator_run(self):
-        for item in self.generator:
-            if self.exit_event.is_set():
-                break
-            self.queue.put(item)
-        self.queue.put(None)
-
     data_utils.DataLoaderX.__init__ = loader_init
     data_utils.DataLoaderX.preload = preload
     data_utils.DataLoaderX.__next__ = next_batch
-    data_utils.BackgroundGenerator.run = generator_run
+
+
+class _LoaderFailure:
+    """An exception raised in the prefetching thread, queued for the thread that consumes the batches."""
+
+    def __init__(self, error):
+        self.error = error
+
+
+def _patch_loader_thread_errors():
+    """data/data_utils.py:126-131 ``BackgroundGenerator.run``, the thread that prefetches every training and test
+    batch: an exception from the loader (an unreadable image, a sampler that cannot fill a batch) ends the
+    thread without its end marker, and the training loop waits in ``queue.get()`` (:135) for ever. The thread
+    queues the exception and the consumer re-raises it. (:127 ``torch.cuda.set_device`` only with CUDA.)"""
+    from fastreid.data import data_utils
+
+    if getattr(data_utils.BackgroundGenerator.run, "_scsn_patched", False):
+        return
+
+    def run(self):
+        if torch.cuda.is_available():
+            torch.cuda.set_device(self.local_rank)
+        try:
+            for item in self.generator:
+                if self.exit_event.is_set():
+                    break
+                self.queue.put(item)
+        except Exception as e:
+            self.queue.put(_LoaderFailure(e))
+        self.queue.put(None)
+
+    def next_item(self):
+        item = self.queue.get()
+        if item is None:
+            raise StopIteration
+        if isinstance(item, _LoaderFailure):
+            raise item.error
+        return item
+
+    run._scsn_patched = True
+    data_utils.BackgroundGenerator.run = run
+    data_utils.BackgroundGenerator.next = next_item
 
 
 def _patch_random_affine():
@@ -210,36 +245,181 @@ def _patch_cpu_rerank():
     compute_dist.compute_jaccard_distance = compute_jaccard_distance
 
 
-def _patch_cpu_launcher():
-    """(8) engine/launch.py:77 asserts CUDA in every spawned worker and :81 asks for NCCL. Without CUDA a
-    multi-process request runs as one process, with a warning, instead of dying in the workers."""
+def _cpu_distributed_worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args):
+    """engine/launch.py:76 ``_distributed_worker`` for machines without CUDA: the same process group and
+    per-machine groups, joined over gloo instead of NCCL (:81), without the CUDA assertion (:77) or GPU
+    pinning (:88-89). Each of the ``num_gpus_per_machine`` processes of a machine gets an equal share of its
+    cores unless OMP_NUM_THREADS says otherwise (torch's default, all cores per process, oversubscribes them)."""
+    import multiprocessing
+
+    import torch.distributed as dist
+    from fastreid.utils import comm
+
+    # mp.spawn makes "spawn" this process's start method, so its DataLoader workers would each import torch,
+    # fastreid and scsn again (over a minute on 2 cores); without CUDA they can be forked, as in one process.
+    if "fork" in multiprocessing.get_all_start_methods():
+        multiprocessing.set_start_method("fork", force=True)
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_gpus_per_machine))
+    global_rank = machine_rank * num_gpus_per_machine + local_rank
+    dist.init_process_group(backend="gloo", init_method=dist_url, world_size=world_size, rank=global_rank)
+    comm.synchronize()
+    for machine in range(world_size // num_gpus_per_machine):
+        group = dist.new_group(list(range(machine * num_gpus_per_machine, (machine + 1) * num_gpus_per_machine)))
+        if machine == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = group
+    main_func(*args)
+
+
+class CpuDistributedDataParallel(torch.nn.parallel.DistributedDataParallel):
+    """engine/defaults.py:216 wraps the model as ``DistributedDataParallel(model, device_ids=[local_rank])``,
+    which DDP refuses for a module on the CPU; a CPU module is wrapped without device ids. DDP also refuses
+    SyncBatchNorm layers in a CPU module (nn/parallel/distributed.py:2454), whose kernels are CUDA-only:
+    :func:`_sync_batch_norm_cpu` runs them here."""
+
+    def __init__(self, module, device_ids=None, **kwargs):
+        super().__init__(module, device_ids=None, **kwargs)
+
+    def _passing_sync_batchnorm_handle(self, module):
+        pass
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the processes of ``group``; the backward sums the incoming gradients the same way."""
+
+    @staticmethod
+    def forward(ctx, tensor, group):
+        import torch.distributed as dist
+
+        ctx.group = group
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, group=group)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _AllReduceSum.apply(grad, ctx.group), None
+
+
+def _sync_batch_norm_cpu(bn, x):
+    """torch.nn.SyncBatchNorm's training forward on CPU tensors, where torch raises (nn/modules/batchnorm.py:845;
+    its kernels, ``batch_norm_stats`` and friends, exist only for CUDA). Mean and biased variance over the
+    batches of every process of ``bn.process_group`` (two passes, so that the variance is centred), summed by
+    an all-reduce whose backward sums the gradients over the processes, as torch's CUDA SyncBatchNorm backward
+    does. x: (N, C, *) -> (N, C, *); running statistics updated as ``F.batch_norm`` does (unbiased variance,
+    momentum or cumulative average)."""
+    import torch.distributed as dist
+
+    group = bn.process_group or dist.group.WORLD
+    dims = [0] + list(range(2, x.dim()))
+    shape = [1, x.size(1)] + [1] * (x.dim() - 2)
+    count = torch.tensor(float(x.numel() // x.size(1)), dtype=x.dtype)
+    dist.all_reduce(count, group=group)
+    mean = _AllReduceSum.apply(x.sum(dims), group) / count
+    centred = x - mean.view(shape)
+    var = _AllReduceSum.apply(centred.pow(2).sum(dims), group) / count
+    out = centred * torch.rsqrt(var + bn.eps).view(shape)
+    if bn.affine:
+        out = out * bn.weight.view(shape) + bn.bias.view(shape)
+    if bn.training and bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            bn.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+            bn.running_var.mul_(1 - factor).add_(var * count / (count - 1).clamp(min=1), alpha=factor)
+    return out
+
+
+def _patch_cpu_distributed():
+    """(8) engine/launch.py:77 asserts CUDA in every spawned worker and :81 asks for NCCL; engine/defaults.py:216
+    gives DDP GPU device ids; torch's SyncBatchNorm (fast-reid's ``NORM: syncBN``, layers/batch_norm.py:26)
+    raises for CPU tensors. Without CUDA, fast-reid's own ``launch`` (mp.spawn, ``--num-machines``,
+    ``--machine-rank``, ``--dist-url``) starts gloo workers, DDP wraps the CPU model, and SyncBatchNorm
+    synchronises CPU batches. With CUDA upstream runs unchanged."""
     if torch.cuda.is_available():
         return
     import importlib
 
-    import fastreid.engine
+    from fastreid.engine import defaults
 
     # `fastreid.engine.launch` is the function (engine/__init__.py star-imports it), not the module.
     launch_module = importlib.import_module("fastreid.engine.launch")
+    launch_module._distributed_worker = _cpu_distributed_worker
+    defaults.DistributedDataParallel = CpuDistributedDataParallel
 
-    upstream = launch_module.launch
+    upstream = torch.nn.SyncBatchNorm.forward
     if getattr(upstream, "_scsn_patched", False):
         return
 
     @functools.wraps(upstream)
-    def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist_url=None, args=()):
-        if num_gpus_per_machine * num_machines > 1:
-            warnings.warn(
-                f"--num-gpus {num_gpus_per_machine} x --num-machines {num_machines} asked for, but CUDA is "
-                "not available: running a single CPU process.",
-                stacklevel=2,
-            )
-            num_gpus_per_machine, num_machines = 1, 1
-        return upstream(main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args)
+    def forward(self, x):
+        import torch.distributed as dist
 
-    launch._scsn_patched = True
-    launch_module.launch = launch
-    fastreid.engine.launch = launch
+        if (x.device.type == "cpu" and self.training and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size(self.process_group or dist.group.WORLD) > 1):
+            return _sync_batch_norm_cpu(self, x)
+        return upstream(self, x)
+
+    forward._scsn_patched = True
+    torch.nn.SyncBatchNorm.forward = forward
+
+
+def _patch_freeze_layer_count():
+    """solver/build.py:120-154: the optimizer that keeps MODEL.FREEZE_LAYERS still for the first
+    SOLVER.FREEZE_ITERS steps (the SBS and MGN recipes: the backbone, 1000 iterations) counts those steps in a
+    closure, from 0 in every process, so a run resumed at any iteration froze the layers again for
+    FREEZE_ITERS steps. The count is the optimizer's ``frozen_steps`` attribute here, which a resume sets to
+    the iteration it starts at (scsn/sampling.py ``resume_state``); the step is upstream's otherwise."""
+    from fastreid.solver import build as solver_build
+
+    upstream = solver_build._generate_optimizer_class_with_freeze_layer
+    if getattr(upstream, "_scsn_patched", False):
+        return
+
+    @functools.wraps(upstream)
+    def generate(optimizer, *, freeze_iters=0):
+        assert freeze_iters > 0, "No layers need to be frozen or freeze iterations is 0"
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            if self.frozen_steps >= freeze_iters:
+                return optimizer.step(self, closure)
+            self.frozen_steps += 1
+            frozen = [p for group in self.param_groups if group["freeze_status"] == "freeze"
+                      for p in group["params"] if p.grad is not None]
+            grads = [p.grad for p in frozen]
+            for p in frozen:
+                p.grad = None
+            optimizer.step(self, closure)
+            for p, g in zip(frozen, grads):
+                p.grad = g
+
+        return type(optimizer.__name__ + "WithFreezeLayer", (optimizer,), {"step": step, "frozen_steps": 0})
+
+    generate._scsn_patched = True
+    solver_build._generate_optimizer_class_with_freeze_layer = generate
+
+
+def _patch_metric_printer():
+    """utils/events.py:218-221 ``CommonMetricPrinter.write`` estimates the time per iteration as the time since
+    its last line over the iterations since; until IterationTimer has recorded a time (its first 3 iterations)
+    a second line at the same iteration divides by zero. PeriodicWriter writes after the last step and again
+    after the epoch, so a run whose epochs are one iteration long died with ZeroDivisionError after training,
+    evaluating and saving. That second line would repeat the first; it is skipped."""
+    from fastreid.utils import events
+
+    upstream = events.CommonMetricPrinter.write
+    if getattr(upstream, "_scsn_patched", False):
+        return
+
+    @functools.wraps(upstream)
+    def write(self):
+        if self._last_write is not None and self._last_write[0] == events.get_event_storage().iter:
+            return
+        upstream(self)
+
+    write._scsn_patched = True
+    events.CommonMetricPrinter.write = write
 
 
 def resolve_device(cfg):
@@ -287,10 +467,13 @@ def apply():
     _install_import_shims()
     _patch_zero_grad()
     _patch_cpu_data_loader()
+    _patch_loader_thread_errors()
     _patch_random_affine()
     _patch_to_tensor()
     _patch_cython_evaluator()
     _patch_python_rank_padding()
     _patch_cpu_rerank()
-    _patch_cpu_launcher()
+    _patch_cpu_distributed()
+    _patch_metric_printer()
+    _patch_freeze_layer_count()
     _applied = True
