@@ -3,19 +3,22 @@
 
 Every run goes through tools/train_net.py with the same budget (ResNet18 from scratch, 128x64 input, P x I
 batch, epochs, Adam + cosine: the shared block of configs/Synthetic/*.yml) and differs only in the model.
-Runs interleave models within each seed, so a drifting machine does not favour one model. fast-reid's MGN is
-left out by default: its meta-architecture hard-codes ResNet50's bottleneck widths (meta_arch/mgn.py), so it
-cannot run at the shared ResNet18 depth.
+The comparison pairs each SCSN with the recipe it is built on: SCSN-R18 (the paper's recipe) with BoT-R18, and
+SCSN-R18 on SBS (configs/Synthetic/scsn_sbs_r18.yml) with SBS-R18. fast-reid's MGN is left out: its
+meta-architecture hard-codes ResNet50's bottleneck widths (meta_arch/mgn.py), so it cannot run at ResNet18.
 
-Each run takes 4-5 minutes on 2 CPU cores (R18 at ~0.7 s per iteration, 360 iterations, then evaluation), so
-the default (4 models x 3 seeds, plus the 5 further ladder rows on seed 0) takes about 75 minutes there;
-``--only comparison`` about 55. Runs are deterministic for a given SEED.
+Runs are deterministic for a given SEED and thread count; every run uses --threads torch threads (default 1)
+whatever --jobs is, so the numbers do not depend on how many run at once. --jobs runs that many trainings side by
+side (default: one per CPU core), which on a 2-core CPU finishes the default set (5 models x 3 seeds, plus the 2
+further ladder rows x 3 seeds) in about DURATION; a finished run found in --work-dir is reused.
 
     python tools/benchmark_accuracy.py
-    python tools/benchmark_accuracy.py --epochs 60 --dataset SyntheticReIDBench --seeds 0,1,2,3,4 \
-        --ablation-seeds 0,1,2,3,4 MODEL.DEVICE cuda                       # on a GPU
+    python tools/benchmark_accuracy.py --only ablation --ablation-seeds 0,1,2,3,4
+    python tools/benchmark_accuracy.py --epochs 60 --dataset SyntheticReIDBench --jobs 1 --threads 8 \
+        MODEL.DEVICE cuda                                                  # on a GPU
 """
 import argparse
+import concurrent.futures
 import json
 import os
 import statistics
@@ -32,20 +35,21 @@ COMPARISON = {
     "AGW-R18": ("configs/Synthetic/agw_r18.yml", []),
     "SBS-R18": ("configs/Synthetic/sbs_r18.yml", []),
     "SCSN-R18": (SCSN, []),
+    "SCSN-R18 on SBS": ("configs/Synthetic/scsn_sbs_r18.yml", []),
 }
-# Table 5's ladder at the synthetic budget: each row adds one component to the row above it.
+# Table 5's ladder at the synthetic budget, all rows with SCSN's head: the baseline is the SCSN backbone without
+# attention and fusion and one head stage without SFE (fast-reid's BoT but for that head); the next row adds the
+# backbone modules (RDAM and NMFF), the last the SFE cascade on top (the full SCSN).
 _PLAIN = ["MODEL.BACKBONE.RDAM.MODE", "none", "MODEL.HEADS.WITH_SFE", "False", "MODEL.HEADS.NUM_STAGES", "1",
           "MODEL.BACKBONE.NMFF.STAGES", "[]"]
 ABLATION = {
     "baseline (global branch)": (SCSN, _PLAIN),
-    "+ RDAM": (SCSN, _PLAIN + ["MODEL.BACKBONE.RDAM.MODE", "RDAM"]),
-    "+ RDAM + SFE x1": (SCSN, _PLAIN + ["MODEL.BACKBONE.RDAM.MODE", "RDAM", "MODEL.HEADS.WITH_SFE", "True"]),
-    "+ RDAM + SFE x2": (SCSN, _PLAIN + ["MODEL.BACKBONE.RDAM.MODE", "RDAM", "MODEL.HEADS.WITH_SFE", "True",
-                                        "MODEL.HEADS.NUM_STAGES", "2"]),
-    "+ RDAM + SFE x3": (SCSN, _PLAIN + ["MODEL.BACKBONE.RDAM.MODE", "RDAM", "MODEL.HEADS.WITH_SFE", "True",
-                                        "MODEL.HEADS.NUM_STAGES", "3"]),
-    "+ RDAM + SFE x3 + NMFF (= SCSN)": (SCSN, []),
+    "+ RDAM + NMFF": (SCSN, _PLAIN + ["MODEL.BACKBONE.RDAM.MODE", "RDAM", "MODEL.BACKBONE.NMFF.STAGES", "[1,2,3]"]),
+    "+ RDAM + NMFF + SFE x3 (= SCSN-R18)": (SCSN, []),
 }
+# Rows outer, seeds inner, headline rows first: an interrupted benchmark still has every seed of those.
+PRIORITY = ["BoT-R18", "SCSN-R18", "baseline (global branch)", "SBS-R18", "SCSN-R18 on SBS", "+ RDAM + NMFF",
+            "AGW-R18"]
 
 
 def run(name, config, opts, seed, args):
@@ -60,18 +64,19 @@ def run(name, config, opts, seed, args):
     if os.path.isfile(os.path.join(out_dir, "model_final.pth")):  # finished by an earlier, interrupted invocation
         result = last_metrics(log_file, args.dataset)
         result["seconds"] = None
-        print(f"  {name:34s} seed {seed}: mAP {result['mAP']:.2f}  Rank-1 {result['Rank-1']:.2f}  "
+        print(f"  {name:36s} seed {seed}: mAP {result['mAP']:.2f}  Rank-1 {result['Rank-1']:.2f}  "
               f"(reused {out_dir})", flush=True)
         return result
     if os.path.isdir(out_dir):
         cmd.insert(2, "--resume")  # a run cut off mid-way continues from its last checkpoint, if any
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     start = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{name} (seed {seed}) failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
     result = last_metrics(log_file, args.dataset)
     result["seconds"] = time.time() - start
-    print(f"  {name:34s} seed {seed}: mAP {result['mAP']:.2f}  Rank-1 {result['Rank-1']:.2f}  "
+    print(f"  {name:36s} seed {seed}: mAP {result['mAP']:.2f}  Rank-1 {result['Rank-1']:.2f}  "
           f"({result['seconds']:.0f} s)", flush=True)
     return result
 
@@ -101,19 +106,20 @@ def print_table(title, rows):
 
     print(f"\n{title}")
     print(tabulate(
-        [[n, f"{r['mAP_mean']:.2f} ± {r['mAP_std']:.2f}", f"{r['R1_mean']:.2f} ± {r['R1_std']:.2f}", r["seeds"]]
-         for n, r in rows.items()],
-        headers=["model", "mAP (mean ± std)", "Rank-1 (mean ± std)", "seeds"], tablefmt="pipe"))
+        [[n, f"{r['mAP_mean']:.2f} ± {r['mAP_std']:.2f}", f"{r['R1_mean']:.2f} ± {r['R1_std']:.2f}",
+          ", ".join(f"{run['mAP']:.2f}" for run in r["runs"]), r["seeds"]] for n, r in rows.items()],
+        headers=["model", "mAP (mean ± std)", "Rank-1 (mean ± std)", "mAP per seed", "seeds"], tablefmt="pipe"))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--ablation-seeds", default="0",
-                        help="seeds of the ablation ladder; one by default, to bound the CPU time")
+    parser.add_argument("--ablation-seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--dataset", default="SyntheticReID")
     parser.add_argument("--only", choices=["comparison", "ablation"], help="run one of the two parts")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="trainings run at once")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of every training")
     parser.add_argument("--work-dir", default=os.path.join("bench", "accuracy", time.strftime("%Y%m%d-%H%M%S")),
                         help="where the runs go; pass an earlier invocation's folder to reuse its finished runs")
     parser.add_argument("--out", default="bench/accuracy.json")
@@ -125,16 +131,17 @@ def main():
     parts = {"comparison": COMPARISON, "ablation": ABLATION}
     if args.only:
         parts = {args.only: parts[args.only]}
-    # The full SCSN is the same run in both parts: train it once per seed. Seeds are the outer loop, so that an
-    # interrupted benchmark has whole seeds to show.
-    runs = {}
-    for seed in sorted(set().union(*(seeds[title] for title in parts))):
-        print(f"seed {seed}", flush=True)
-        for title, part in parts.items():
-            for name, (config, opts) in part.items():
-                key = (config, tuple(opts), seed)
-                if seed in seeds[title] and key not in runs:
-                    runs[key] = run(name, config, list(opts), seed, args)
+    # The full SCSN is the same run in both parts: train it once per seed.
+    rows = sorted(((name, config, tuple(opts), seeds[title]) for title, part in parts.items()
+                   for name, (config, opts) in part.items()),
+                  key=lambda row: PRIORITY.index(row[0]) if row[0] in PRIORITY else len(PRIORITY))
+    jobs = {}
+    for name, config, opts, row_seeds in rows:
+        for seed in row_seeds:
+            jobs.setdefault((config, opts, seed), name)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = {key: pool.submit(run, name, key[0], list(key[1]), key[2], args) for key, name in jobs.items()}
+        runs = {key: future.result() for key, future in futures.items()}
 
     report = {"machine": {"cpu_count": os.cpu_count()}, "args": vars(args)}
     for title, part in parts.items():
