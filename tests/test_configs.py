@@ -7,7 +7,7 @@ import torch
 
 import scsn
 from fastreid.config import get_cfg
-from fastreid.modeling import build_model
+from fastreid.modeling import build_backbone, build_model
 from fastreid.utils.events import EventStorage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,3 +50,18 @@ def test_config_builds_and_runs(path):
     with torch.no_grad():
         features = model({"images": images[:2]})
     assert features.dim() == 2 and features.shape[0] == 2 and torch.isfinite(features).all()
+
+
+@pytest.mark.parametrize("leaf,rows", [("market_r50.yml", 48), ("market_r50_stage3stride2.yml", 24)])
+def test_paper_configs_give_the_papers_feature_map(leaf, rows):
+    """§3.4: stages 3 and 4 at stride 1 give a 48x16 map at 384x128, six rows to each of the K = 8 stripes; the
+    named stage3stride2 variant halves both sides."""
+    cfg = get_cfg()
+    scsn.add_scsn_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "SCSN", leaf))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.BACKBONE.PRETRAIN", False])
+    assert tuple(cfg.INPUT.SIZE_TEST) == (384, 128) and cfg.MODEL.HEADS.NUM_STRIPES == 8
+    backbone = build_backbone(cfg).eval()
+    with torch.no_grad():
+        feature_map = backbone(torch.rand(1, 3, 384, 128))
+    assert feature_map.shape == (1, 2048, rows, rows // 3)  # 6 (or 3) rows in each of the 8 stripes

@@ -24,7 +24,7 @@ def test_paths_pil_and_arrays_give_the_models_normalised_descriptors(checkpoint)
     extractor = FeatureExtractor(CONFIG, path, opts=SMALL, batch_size=2, progress=False)
     paths = tiny_images("query")[:5]
     features = extractor(paths)
-    assert features.shape == (5, 3 * 256) and features.dtype == np.float32
+    assert features.shape == (5, 3 * 512) and features.dtype == np.float32
     assert np.allclose(np.linalg.norm(features, axis=1), 1, atol=1e-5)
 
     # By hand: fast-reid's test transform (bicubic resize to SIZE_TEST, [0, 255]), the eval forward, L2 norm.
@@ -62,7 +62,7 @@ def test_bad_input_stops_with_a_clear_message(tmp_path, checkpoint):
     with pytest.raises(WeightsError, match="Cannot read the checkpoint"):
         FeatureExtractor(CONFIG, str(tmp_path / "junk.pth"), opts=SMALL)
     # A config that builds another model: 4 cascade stages where the checkpoint has 3.
-    with pytest.raises(WeightsError, match=r"does not fit the model this config builds: missing 13 .*heads\.sfe\.3"
+    with pytest.raises(WeightsError, match=r"does not fit the model this config builds: missing 12 .*heads\.sfe\.3"
                                            r".*config\.yaml"):
         FeatureExtractor(CONFIG, path, opts=SMALL + ["MODEL.HEADS.NUM_STAGES", "4"])
     with pytest.raises(WeightsError, match=r"another shape .*heads\.stage_heads\.0\.bottleneck\.0\.weight"):
@@ -89,10 +89,10 @@ def test_extract_features_tool_embeds_a_folder(tmp_path, checkpoint, capsys):
             "MODEL.WEIGHTS", checkpoint[0]]
     run_tool("extract_features", *argv)
     saved = np.load(out)
-    assert saved["features"].shape == (3, 768) and len(saved["paths"]) == 3
+    assert saved["features"].shape == (3, 1536) and len(saved["paths"]) == 3
     expected = FeatureExtractor(small_cfg("MODEL.WEIGHTS", checkpoint[0]), model=checkpoint[1])(list(saved["paths"]))
     assert np.allclose(saved["features"], expected, atol=1e-5)
-    assert "3 descriptors of 768 dimensions" in capsys.readouterr().out
+    assert "3 descriptors of 1536 dimensions" in capsys.readouterr().out
 
     with pytest.raises(SystemExit, match="already exist.*--overwrite"):
         run_tool("extract_features", *argv)

@@ -191,7 +191,7 @@ def test_scsn_with_every_module_off_is_fastreids_baseline():
     off = ["MODEL.BACKBONE.RDAM.MODE", "none", "MODEL.BACKBONE.NMFF.STAGES", [], "MODEL.HEADS.WITH_SFE", False,
            "MODEL.BACKBONE.STAGE3_STRIDE", 2,
            "MODEL.HEADS.NUM_STAGES", 1, "MODEL.HEADS.EMBEDDING_DIM", 0, "MODEL.HEADS.NECK_FEAT", "before",
-           "MODEL.HEADS.POOL_LAYER", "GlobalAvgPool", "MODEL.LOSSES.TRI.MARGIN", 0.3,
+           "MODEL.HEADS.POOL_LAYER", "GlobalAvgPool", "MODEL.LOSSES.TRI.MARGIN", 0.3, "MODEL.LOSSES.TRI.NORM_FEAT", False,
            "MODEL.HEADS.CLS_LAYER", "Linear", "MODEL.HEADS.SCALE", 1, "MODEL.HEADS.MARGIN", 0.0]
     torch.manual_seed(0)
     scsn_model = build_model(_merged("configs/Synthetic/scsn_r18.yml", *off))

@@ -70,4 +70,4 @@ def test_stock_fastreid_script_with_the_two_lines(tmp_path):
     assert proc.returncode == 0, log[-3000:]
     assert "SCSN" in log and (tmp_path / "out" / "model_final.pth").is_file()
     assert set(logged_metrics(log, "SyntheticReIDTiny")[0]) >= {"Rank-1", "mAP"}
-    assert "PREDICTOR SCSN (2, 768)" in log
+    assert "PREDICTOR SCSN (2, 1536)" in log
