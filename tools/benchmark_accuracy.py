@@ -48,8 +48,8 @@ ABLATION = {
     "+ RDAM + NMFF + SFE x3 (= SCSN-R18)": (SCSN, []),
 }
 # Rows outer, seeds inner, headline rows first: an interrupted benchmark still has every seed of those.
-PRIORITY = ["BoT-R18", "SCSN-R18", "baseline (global branch)", "SBS-R18", "SCSN-R18 on SBS", "+ RDAM + NMFF",
-            "AGW-R18"]
+PRIORITY = ["BoT-R18", "SCSN-R18", "baseline (global branch)", "SBS-R18", "AGW-R18", "SCSN-R18 on SBS",
+            "+ RDAM + NMFF"]
 
 
 def run(name, config, opts, seed, args):
