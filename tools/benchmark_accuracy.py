@@ -9,11 +9,11 @@ meta-architecture hard-codes ResNet50's bottleneck widths (meta_arch/mgn.py), so
 
 Runs are deterministic for a given SEED and thread count; every run uses --threads torch threads (default 1)
 whatever --jobs is, so the numbers do not depend on how many run at once. --jobs runs that many trainings side by
-side (default: one per CPU core), which on a 2-core CPU finishes the default set (5 models x 3 seeds, plus the 2
-further ladder rows x 3 seeds) in about DURATION; a finished run found in --work-dir is reused.
+side (default: one per CPU core), which on a 2-core CPU finishes the default set (5 models x 3 seeds, plus the
+ladder's baseline x 3 seeds: 18 trainings) in about DURATION; a finished run found in --work-dir is reused.
 
     python tools/benchmark_accuracy.py
-    python tools/benchmark_accuracy.py --only ablation --ablation-seeds 0,1,2,3,4
+    python tools/benchmark_accuracy.py --only ablation --full-ladder --ablation-seeds 0,1,2,3,4
     python tools/benchmark_accuracy.py --epochs 60 --dataset SyntheticReIDBench --jobs 1 --threads 8 \
         MODEL.DEVICE cuda                                                  # on a GPU
 """
@@ -37,19 +37,24 @@ COMPARISON = {
     "SCSN-R18": (SCSN, []),
     "SCSN-R18 on SBS": ("configs/Synthetic/scsn_sbs_r18.yml", []),
 }
-# Table 5's ladder at the synthetic budget, all rows with SCSN's head: the baseline is the SCSN backbone without
-# attention and fusion and one head stage without SFE (fast-reid's BoT but for that head); the next row adds the
-# backbone modules (RDAM and NMFF), the last the SFE cascade on top (the full SCSN).
+# Table 5's ladder at the synthetic budget, every row with SCSN's head. By default its two ends: the baseline (the
+# SCSN backbone without attention and fusion, one head stage without SFE: fast-reid's BoT but for that head) and
+# the full SCSN; --full-ladder adds the rows between, each adding one component to the row above it.
 _PLAIN = ["MODEL.BACKBONE.RDAM.MODE", "none", "MODEL.HEADS.WITH_SFE", "False", "MODEL.HEADS.NUM_STAGES", "1",
           "MODEL.BACKBONE.NMFF.STAGES", "[]"]
-ABLATION = {
+_RDAM = _PLAIN + ["MODEL.BACKBONE.RDAM.MODE", "RDAM"]
+_NMFF = _RDAM + ["MODEL.BACKBONE.NMFF.STAGES", "[1,2,3]"]
+LADDER = {
     "baseline (global branch)": (SCSN, _PLAIN),
-    "+ RDAM + NMFF": (SCSN, _PLAIN + ["MODEL.BACKBONE.RDAM.MODE", "RDAM", "MODEL.BACKBONE.NMFF.STAGES", "[1,2,3]"]),
+    "+ RDAM": (SCSN, _RDAM),
+    "+ RDAM + NMFF": (SCSN, _NMFF),
+    "+ RDAM + NMFF + SFE x1": (SCSN, _NMFF + ["MODEL.HEADS.WITH_SFE", "True"]),
+    "+ RDAM + NMFF + SFE x2": (SCSN, _NMFF + ["MODEL.HEADS.WITH_SFE", "True", "MODEL.HEADS.NUM_STAGES", "2"]),
     "+ RDAM + NMFF + SFE x3 (= SCSN-R18)": (SCSN, []),
 }
+ENDS = ("baseline (global branch)", "+ RDAM + NMFF + SFE x3 (= SCSN-R18)")
 # Rows outer, seeds inner, headline rows first: an interrupted benchmark still has every seed of those.
-PRIORITY = ["BoT-R18", "SCSN-R18", "baseline (global branch)", "SBS-R18", "AGW-R18", "SCSN-R18 on SBS",
-            "+ RDAM + NMFF"]
+PRIORITY = ["BoT-R18", "SCSN-R18", "baseline (global branch)", "SBS-R18", "AGW-R18", "SCSN-R18 on SBS"]
 
 
 def run(name, config, opts, seed, args):
@@ -118,6 +123,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--dataset", default="SyntheticReID")
     parser.add_argument("--only", choices=["comparison", "ablation"], help="run one of the two parts")
+    parser.add_argument("--full-ladder", action="store_true", help="every row of the ablation ladder, not its ends")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="trainings run at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every training")
     parser.add_argument("--work-dir", default=os.path.join("bench", "accuracy", time.strftime("%Y%m%d-%H%M%S")),
@@ -128,7 +134,8 @@ def main():
     seeds = {"comparison": [int(s) for s in args.seeds.split(",")],
              "ablation": [int(s) for s in args.ablation_seeds.split(",")]}
 
-    parts = {"comparison": COMPARISON, "ablation": ABLATION}
+    ladder = LADDER if args.full_ladder else {name: LADDER[name] for name in ENDS}
+    parts = {"comparison": COMPARISON, "ablation": ladder}
     if args.only:
         parts = {args.only: parts[args.only]}
     # The full SCSN is the same run in both parts: train it once per seed.
