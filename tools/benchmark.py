@@ -37,7 +37,7 @@ MODELS = {
     "MGN-R50": "configs/Market1501/mgn_R50.yml",
     "SCSN-R50 (3 stages)": "configs/SCSN/market_r50.yml",
     "SCSN-R50 (4 stages)": "configs/SCSN/market_r50_4stages.yml",
-    "SCSN-R50 (3 stages, stage-3 stride 2)": "configs/SCSN/market_r50_stage3stride2.yml",
+    "SCSN-R50 (3 stages; stage-3 stride 2)": "configs/SCSN/market_r50_stage3stride2.yml",
 }
 NUM_CLASSES = 751  # Market-1501's training identities
 
