@@ -124,6 +124,7 @@ def main():
     parser.add_argument("--dataset", default="SyntheticReID")
     parser.add_argument("--only", choices=["comparison", "ablation"], help="run one of the two parts")
     parser.add_argument("--full-ladder", action="store_true", help="every row of the ablation ladder, not its ends")
+    parser.add_argument("--models", help="comma-separated comparison rows to run (default: all), e.g. BoT-R18,SCSN-R18")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="trainings run at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every training")
     parser.add_argument("--work-dir", default=os.path.join("bench", "accuracy", time.strftime("%Y%m%d-%H%M%S")),
@@ -135,7 +136,14 @@ def main():
              "ablation": [int(s) for s in args.ablation_seeds.split(",")]}
 
     ladder = LADDER if args.full_ladder else {name: LADDER[name] for name in ENDS}
-    parts = {"comparison": COMPARISON, "ablation": ladder}
+    comparison = COMPARISON
+    if args.models:
+        names = args.models.split(",")
+        unknown = [n for n in names if n not in COMPARISON]
+        if unknown:
+            parser.error(f"unknown models {unknown}; choose from {list(COMPARISON)}")
+        comparison = {name: COMPARISON[name] for name in names}
+    parts = {"comparison": comparison, "ablation": ladder}
     if args.only:
         parts = {args.only: parts[args.only]}
     # The full SCSN is the same run in both parts: train it once per seed.
