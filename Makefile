@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export FASTREID_DATASETS ?= $(CURDIR)/datasets
 
-.PHONY: install demo test bench clean-venv
+.PHONY: install demo test clean-venv
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
