@@ -9,20 +9,18 @@ fusion changes the stage-4 map, ||F_f - F_4|| / ||F_4|| per image (eq. 5; 0 at i
     python tools/gate_statistics.py --config-file configs/Synthetic/scsn_r18.yml \
         MODEL.WEIGHTS logs/synthetic/scsn_r18/model_final.pth
 """
-import argparse
 import json
 import os
-import sys
 from collections import defaultdict
 
 import torch
 
-import scsn
-from fastreid.config import get_cfg
+import scsn  # noqa: F401  (before any fastreid import)
 from fastreid.data import build_reid_test_loader
-from fastreid.modeling import build_model
-from fastreid.utils.checkpoint import Checkpointer
 from tabulate import tabulate
+
+from scsn import cli
+from scsn.extractor import load_model, setup_cfg
 
 from scsn.saliency import record_attention, spatial_attention_blocks
 
@@ -99,27 +97,19 @@ def _fmt(row, name):
     return f"{row[name + '_mean']:.3f} ± {row[name + '_std']:.3f}" if name + "_mean" in row else ""
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True)
-    parser.add_argument("--dataset", help="test split to read (default: the config's first DATASETS.TESTS)")
-    parser.add_argument("--out", help="JSON file to write (default: <MODEL.WEIGHTS folder>/gate_statistics.json)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path.pth")
-    args = parser.parse_args()
+def get_parser():
+    p = cli.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", help="test split to read (default: the config's first DATASETS.TESTS)")
+    p.add_argument("--out", help="JSON file to write (default: next to MODEL.WEIGHTS)")
+    return p
 
-    cfg = get_cfg()
-    scsn.add_scsn_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.MODEL.BACKBONE.PRETRAIN = False
-    scsn.compat.resolve_device(cfg)
-    if not os.path.isfile(cfg.MODEL.WEIGHTS):
-        sys.exit(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r} is not a file: pass a trained SCSN checkpoint.")
-    model = build_model(cfg)
+
+@cli.run
+def main(args):
+    cfg = setup_cfg(args.config_file, args.opts)
+    model = load_model(cfg)
     if not hasattr(model.backbone, "nmff"):
-        sys.exit(f"{args.config_file} does not build SCSN's backbone: there are no gates to read.")
-    Checkpointer(model).load(cfg.MODEL.WEIGHTS)
-    model.eval()
+        raise ValueError(f"{args.config_file} does not build SCSN's backbone: there are no gates to read.")
 
     dataset = args.dataset or cfg.DATASETS.TESTS[0]
     loader, _ = build_reid_test_loader(cfg, dataset_name=dataset)
@@ -142,4 +132,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(cli.parse_args(get_parser()))

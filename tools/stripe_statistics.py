@@ -11,21 +11,18 @@ one stage t suppresses (the argmax among its kept stripes), with the entropy of 
     python tools/stripe_statistics.py --config-file configs/Synthetic/scsn_r18.yml \
         MODEL.WEIGHTS logs/synthetic/scsn_r18/model_final.pth
 """
-import argparse
 import json
 import math
 import os
-import sys
 
 import torch
 
-import scsn
-from fastreid.config import get_cfg
+import scsn  # noqa: F401  (before any fastreid import)
 from fastreid.data import build_reid_test_loader
-from fastreid.modeling import build_model
-from fastreid.utils.checkpoint import Checkpointer
 from tabulate import tabulate
 
+from scsn import cli
+from scsn.extractor import load_model, setup_cfg
 from scsn.meta_arch import SCSN
 
 
@@ -59,27 +56,19 @@ def summarise(counts, totals):
     return rows
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True)
-    parser.add_argument("--dataset", help="test split to read (default: the config's first DATASETS.TESTS)")
-    parser.add_argument("--out", help="JSON file to write (default: <MODEL.WEIGHTS folder>/stripe_statistics.json)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path.pth")
-    args = parser.parse_args()
+def get_parser():
+    p = cli.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", help="test split to read (default: the config's first DATASETS.TESTS)")
+    p.add_argument("--out", help="JSON file to write (default: next to MODEL.WEIGHTS)")
+    return p
 
-    cfg = get_cfg()
-    scsn.add_scsn_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.MODEL.BACKBONE.PRETRAIN = False
-    scsn.compat.resolve_device(cfg)
-    if not os.path.isfile(cfg.MODEL.WEIGHTS):
-        sys.exit(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r} is not a file: pass a trained SCSN checkpoint.")
-    model = build_model(cfg)
-    if not isinstance(model, SCSN) or model.heads.sfe is None:
-        sys.exit(f"{args.config_file} does not build an SCSN with SFE units: there are no stripe weights to read.")
-    Checkpointer(model).load(cfg.MODEL.WEIGHTS)
-    model.eval()
+
+@cli.run
+def main(args):
+    cfg = setup_cfg(args.config_file, args.opts)
+    model = load_model(cfg)
+    if not (isinstance(model, SCSN) and model.heads.sfe is not None):
+        raise ValueError(f"{args.config_file} does not build an SCSN with SFE units: there are no stripe weights to read.")
 
     dataset = args.dataset or cfg.DATASETS.TESTS[0]
     loader, _ = build_reid_test_loader(cfg, dataset_name=dataset)
@@ -107,4 +96,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(cli.parse_args(get_parser()))
