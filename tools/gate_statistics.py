@@ -20,7 +20,6 @@ from fastreid.data import build_reid_test_loader
 from tabulate import tabulate
 
 from scsn import cli
-from scsn.extractor import load_model, setup_cfg
 
 from scsn.saliency import record_attention, spatial_attention_blocks
 
@@ -97,17 +96,9 @@ def _fmt(row, name):
     return f"{row[name + '_mean']:.3f} ± {row[name + '_std']:.3f}" if name + "_mean" in row else ""
 
 
-def get_parser():
-    p = cli.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", help="test split to read (default: the config's first DATASETS.TESTS)")
-    p.add_argument("--out", help="JSON file to write (default: next to MODEL.WEIGHTS)")
-    return p
-
-
 @cli.run
 def main(args):
-    cfg = setup_cfg(args.config_file, args.opts)
-    model = load_model(cfg)
+    cfg, model = cli.load_trained(args)
     if not hasattr(model.backbone, "nmff"):
         raise ValueError(f"{args.config_file} does not build SCSN's backbone: there are no gates to read.")
 
@@ -132,4 +123,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(cli.parse_args(get_parser()))
+    main(cli.parse_args(cli.dataset_tool_parser(__doc__.split("\n\n")[0])))

@@ -23,7 +23,6 @@ from fastreid.evaluation.rank import evaluate_rank
 from tabulate import tabulate
 
 from scsn import cli
-from scsn.extractor import load_model, setup_cfg
 from scsn.meta_arch import SCSN
 
 
@@ -44,17 +43,9 @@ def retrieval(features, pids, camids, num_query):
     return {"mAP": 100 * float(np.mean(all_ap)), "Rank-1": 100 * float(cmc[0])}
 
 
-def get_parser():
-    p = cli.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", help="test split to read (default: the config's first DATASETS.TESTS)")
-    p.add_argument("--out", help="JSON file to write (default: next to MODEL.WEIGHTS)")
-    return p
-
-
 @cli.run
 def main(args):
-    cfg = setup_cfg(args.config_file, args.opts)
-    model = load_model(cfg)
+    cfg, model = cli.load_trained(args)
     if not isinstance(model, SCSN):
         raise ValueError(f"{args.config_file} does not build an SCSN: there are no stages to compare.")
 
@@ -79,4 +70,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(cli.parse_args(get_parser()))
+    main(cli.parse_args(cli.dataset_tool_parser(__doc__.split("\n\n")[0])))

@@ -22,7 +22,6 @@ from fastreid.data import build_reid_test_loader
 from tabulate import tabulate
 
 from scsn import cli
-from scsn.extractor import load_model, setup_cfg
 from scsn.meta_arch import SCSN
 
 
@@ -56,17 +55,9 @@ def summarise(counts, totals):
     return rows
 
 
-def get_parser():
-    p = cli.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", help="test split to read (default: the config's first DATASETS.TESTS)")
-    p.add_argument("--out", help="JSON file to write (default: next to MODEL.WEIGHTS)")
-    return p
-
-
 @cli.run
 def main(args):
-    cfg = setup_cfg(args.config_file, args.opts)
-    model = load_model(cfg)
+    cfg, model = cli.load_trained(args)
     if not (isinstance(model, SCSN) and model.heads.sfe is not None):
         raise ValueError(f"{args.config_file} does not build an SCSN with SFE units: there are no stripe weights to read.")
 
@@ -96,4 +87,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(cli.parse_args(get_parser()))
+    main(cli.parse_args(cli.dataset_tool_parser(__doc__.split("\n\n")[0])))

@@ -10,7 +10,7 @@ from typing import Iterable, List, Sequence, Tuple
 
 from .checks import DatasetNotFoundError, UnreadableImageError
 from .export import ExportError
-from .extractor import WeightsError, list_images
+from .extractor import WeightsError, list_images, load_model, setup_cfg
 
 # Bad input the user can fix: reported as one line, without a traceback.
 USER_ERRORS = (WeightsError, ExportError, FileNotFoundError, UnreadableImageError, DatasetNotFoundError,
@@ -28,6 +28,20 @@ def parser(description: str, commands: Sequence[str] = ()) -> argparse.ArgumentP
                    help="config overrides as KEY VALUE pairs, last, e.g. MODEL.WEIGHTS logs/run/model_final.pth")
     return p
 
+
+
+def dataset_tool_parser(description: str) -> argparse.ArgumentParser:
+    """``parser`` plus the options of the tools that read a trained model over a dataset's test split."""
+    p = parser(description)
+    p.add_argument("--dataset", help="test split to read (default: the config's first DATASETS.TESTS)")
+    p.add_argument("--out", help="JSON file to write (default: next to MODEL.WEIGHTS)")
+    return p
+
+
+def load_trained(args: argparse.Namespace):
+    """(frozen inference cfg, eval-mode model with MODEL.WEIGHTS loaded strictly) from a tool's command line."""
+    cfg = setup_cfg(args.config_file, args.opts)
+    return cfg, load_model(cfg)
 
 CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 
