@@ -10,7 +10,8 @@ from fastreid.modeling import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "Synthetic", "scsn_r18.yml")
-# 64x32 inputs give a 4-row stage-4 map: four stripes; the Tiny dataset's 128x64 images are resized to it.
+# 64x32 inputs give an 8-row stage-4 map (stride 1 in stages 3 and 4): four stripes of two rows; the Tiny
+# dataset's 128x64 images are resized to it.
 SMALL = ["INPUT.SIZE_TEST", "[64, 32]", "INPUT.SIZE_TRAIN", "[64, 32]", "MODEL.HEADS.NUM_STRIPES", "4",
          "MODEL.DEVICE", "cpu", "TEST.IMS_PER_BATCH", "16", "DATASETS.TESTS", "('SyntheticReIDTiny',)"]
 
