@@ -10,8 +10,9 @@ meta-architecture hard-codes ResNet50's bottleneck widths (meta_arch/mgn.py), so
 Runs are deterministic for a given SEED and thread count; every run uses --threads torch threads (default 1)
 whatever --jobs is, so the numbers do not depend on how many run at once. --jobs runs that many trainings side by
 side (default: one per CPU core), which on a 2-core CPU finishes the default set (5 models x 3 seeds, plus the
-ladder's baseline x 3 seeds: 18 trainings of 14-23 minutes each) in about 2.5 hours (measured 2026-11-25); a
-finished run found in --work-dir is reused.
+ladder's baseline x 3 seeds: 18 trainings of 13-37 minutes each, the longest those at the paper's strides) in
+about 4 hours (the sum of the run times measured 2026-11-25, two at a time); a finished run found in --work-dir
+is reused.
 
     python tools/benchmark_accuracy.py
     python tools/benchmark_accuracy.py --only ablation --full-ladder --ablation-seeds 0,1,2,3,4
