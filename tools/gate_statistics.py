@@ -20,7 +20,6 @@ from fastreid.data import build_reid_test_loader
 from tabulate import tabulate
 
 from scsn import cli
-
 from scsn.saliency import record_attention, spatial_attention_blocks
 
 

@@ -29,7 +29,6 @@ def parser(description: str, commands: Sequence[str] = ()) -> argparse.ArgumentP
     return p
 
 
-
 def dataset_tool_parser(description: str) -> argparse.ArgumentParser:
     """``parser`` plus the options of the tools that read a trained model over a dataset's test split."""
     p = parser(description)
@@ -42,6 +41,7 @@ def load_trained(args: argparse.Namespace):
     """(frozen inference cfg, eval-mode model with MODEL.WEIGHTS loaded strictly) from a tool's command line."""
     cfg = setup_cfg(args.config_file, args.opts)
     return cfg, load_model(cfg)
+
 
 CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 
