@@ -32,20 +32,23 @@ from scsn.evaluation import logged_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCSN = "configs/Synthetic/scsn_r18.yml"
+# SCSN's config with every module off: the SCSN backbone without attention and fusion, one head stage without SFE.
+_PLAIN = ["MODEL.BACKBONE.RDAM.MODE", "none", "MODEL.HEADS.WITH_SFE", "False", "MODEL.HEADS.NUM_STAGES", "1",
+          "MODEL.BACKBONE.NMFF.STAGES", "[]"]
+_RDAM = _PLAIN + ["MODEL.BACKBONE.RDAM.MODE", "RDAM"]
+_NMFF = _RDAM + ["MODEL.BACKBONE.NMFF.STAGES", "[1,2,3]"]
 COMPARISON = {
     "BoT-R18": ("configs/Synthetic/bagtricks_r18.yml", []),
     "AGW-R18": ("configs/Synthetic/agw_r18.yml", []),
     "SBS-R18": ("configs/Synthetic/sbs_r18.yml", []),
     "SCSN-R18": (SCSN, []),
     "SCSN-R18 on SBS": ("configs/Synthetic/scsn_sbs_r18.yml", []),
+    # SBS with the paper's strides and none of SCSN's modules: what SCSN on SBS adds beyond its stride.
+    "SBS-R18 (paper strides)": ("configs/Synthetic/scsn_sbs_r18.yml", _PLAIN),
 }
 # Table 5's ladder at the synthetic budget, every row with SCSN's head. By default its two ends: the baseline (the
 # SCSN backbone without attention and fusion, one head stage without SFE: fast-reid's BoT but for that head) and
 # the full SCSN; --full-ladder adds the rows between, each adding one component to the row above it.
-_PLAIN = ["MODEL.BACKBONE.RDAM.MODE", "none", "MODEL.HEADS.WITH_SFE", "False", "MODEL.HEADS.NUM_STAGES", "1",
-          "MODEL.BACKBONE.NMFF.STAGES", "[]"]
-_RDAM = _PLAIN + ["MODEL.BACKBONE.RDAM.MODE", "RDAM"]
-_NMFF = _RDAM + ["MODEL.BACKBONE.NMFF.STAGES", "[1,2,3]"]
 LADDER = {
     "baseline (global branch)": (SCSN, _PLAIN),
     "+ RDAM": (SCSN, _RDAM),
