@@ -31,10 +31,9 @@ def head_cfg(cfg):
     return cfg
 
 
-@pytest.mark.parametrize("mode", ["stripe", "map"])
-def test_sfe_matches_hand_computed_stripe_softmax(mode):
+def test_sfe_matches_hand_computed_stripe_softmax():
     torch.manual_seed(0)
-    sfe = SalientFeatureExtraction(2, 2, "BN", mode).eval()
+    sfe = SalientFeatureExtraction(2, 2, "BN").eval()
     conv, bn = sfe.descriptor[0], sfe.descriptor[1]
     with torch.no_grad():
         conv.weight.copy_(torch.tensor([1.5, -0.5]).view(1, 2, 1, 1))
@@ -57,41 +56,9 @@ def test_sfe_matches_hand_computed_stripe_softmax(mode):
             z.append(sum(values) / len(values))
         expected_w = [math.exp(v) / sum(math.exp(u) for u in z) for v in z]
         assert w[b].tolist() == pytest.approx(expected_w, rel=1e-5)
-        if mode == "stripe":  # eq. 6 as W's dot product with the stripes: one stripe-sized salient feature
-            assert sal.shape == (2, 2, rows, 3)
-            for i in range(rows):
-                expected = expected_w[0] * x[b, :, i, :] + expected_w[1] * x[b, :, rows + i, :]
-                assert torch.allclose(sal[b, :, i, :], expected, atol=1e-6)
-        else:  # each stripe scaled by its weight
-            for i in range(4):
-                assert torch.allclose(sal[b, :, i, :], expected_w[i // rows] * x[b, :, i, :])
+        for i in range(4):
+            assert torch.allclose(sal[b, :, i, :], expected_w[i // rows] * x[b, :, i, :])
     assert torch.allclose(w.sum(dim=1), torch.ones(2))
-
-
-@pytest.mark.parametrize("mode", ["stripe", "map"])
-def test_boost_adds_the_salient_feature_to_every_stripe(mode):
-    torch.manual_seed(5)
-    sfe = SalientFeatureExtraction(3, 4, "BN", mode).eval()
-    x = torch.randn(2, 3, 8, 2)
-    kept = torch.tensor([[True, False, True, True], [True, True, True, False]])
-    y, w = sfe.boost(x, kept)
-    sal, w2 = sfe(x, kept)
-    assert torch.equal(w, w2) and bool((w[~kept] == 0).all())
-    stripes, y_stripes = x.view(2, 3, 4, 2, 2), y.view(2, 3, 4, 2, 2)
-    for k in range(4):
-        if mode == "stripe":  # eq. 8 with the stripe-sized Sal(X) broadcast over the K stripes
-            assert torch.allclose(y_stripes[:, :, k], stripes[:, :, k] + sal, atol=1e-6)
-        else:
-            assert torch.allclose(y_stripes[:, :, k], stripes[:, :, k] * (1 + w[:, k, None, None, None]), atol=1e-6)
-    if mode == "stripe":
-        # Average pooling of Y: the global mean plus the salience-weighted mean of the stripes (§3.4).
-        expected = x.mean(dim=(2, 3)) + (stripes.mean(dim=(3, 4)) * w[:, None, :]).sum(dim=2)
-        assert torch.allclose(y.mean(dim=(2, 3)), expected, atol=1e-6)
-
-
-def test_sfe_rejects_an_unknown_salient_feature():
-    with pytest.raises(ValueError, match="MODEL.HEADS.SALIENT_FEATURE"):
-        SalientFeatureExtraction(3, 4, "BN", "sum")
 
 
 def test_sfe_from_cfg_and_rejects_height_not_divisible_by_stripes(head_cfg):

@@ -35,8 +35,6 @@ def add_scsn_config(cfg):
     # Salient Feature Extraction unit, §3.3, and cascaded suppression, §3.4.
     # Apply the SFE unit in each stage (eq. 8); False gives the plain global-branch baseline of Table 5.
     _C.MODEL.HEADS.WITH_SFE = True
-    # Eq. 6's Sal(X) = W . X: "stripe" = sum_k w_k X_k, added to every stripe by eq. 8; "map" = stripe k scaled by w_k.
-    _C.MODEL.HEADS.SALIENT_FEATURE = "stripe"
     # K: number of horizontal stripes the SFE unit weighs.
     _C.MODEL.HEADS.NUM_STRIPES = 8
     # T: number of cascaded suppression stages; every stage has its own SFE, FC, BNNeck and classifier.

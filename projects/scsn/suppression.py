@@ -4,12 +4,9 @@ Stage t of the head boosts its input by the SFE unit, ``Y^t = X^t + Sal(X^t)`` (
 pooling, FC reduction, BNNeck and classifier, and zeroes the most salient stripes of ``X^t`` to give the next stage's
 input, ``X^{t+1} = X^t * B(X^t)`` (eq. 9). The re-id descriptor is the concatenation of all stages' embeddings.
 
-Eq. 6, ``Sal(X^t) = W . X^t``, is read as the dot product of the K stripe weights with the K stripes: one stripe-sized
-"saliency local feature" (§3.3), which eq. 8 adds to every stripe of X^t, so that the pooled Y^t is the global
-feature plus the salience-weighted stripe ("integrated with the global feature", §1 and §3.4; it "alleviates the
-dilution of detail information due to the global average pooling" by summation instead of concatenation). The other
-reading, each stripe scaled by its own weight, is ``MODEL.HEADS.SALIENT_FEATURE map``; there the salient stripe adds
-only w_k / K to the pooled vector.
+Eq. 6, ``Sal(X^t) = W . X^t``, is the saliency selector's "element-wise multiplication" (§3.3): stripe k of X^t scaled
+by its weight w_k, so that eq. 8 is ``Y^t = X^t (1 + W)`` stripe-wise. (Read as a dot product over the stripes, one
+stripe-sized feature added to every stripe, it scored no better at the synthetic budget; README, "Accuracy".)
 """
 from typing import List, NamedTuple, Optional
 
@@ -36,34 +33,6 @@ def stripe_height(height: int, num_stripes: int) -> int:
 def expand_stripes(values: torch.Tensor, rows: int) -> torch.Tensor:
     """Per-stripe values (B, K) -> per-row values broadcastable over a (B, C, K * rows, W) map."""
     return values.repeat_interleave(rows, dim=1)[:, None, :, None]  # (B, 1, H, 1)
-
-
-# MODEL.HEADS.SALIENT_FEATURE: what eq. 6's ``Sal(X) = W . X`` is (see ``salient_feature``).
-SALIENT_FEATURES = ("stripe", "map")
-
-
-def salient_feature(x: torch.Tensor, weights: torch.Tensor, mode: str) -> torch.Tensor:
-    """Eq. 6, ``Sal(X) = W . X`` for x: (B, C, K * rows, W) split into K stripes, weights: (B, K).
-
-    ``"stripe"``: the dot product of W with the K stripes, ``sum_k w_k X_k``, one (B, C, rows, W) salient local
-    feature; eq. 8 adds it to every stripe of X, so the pooled Y is the global feature plus the attention-pooled
-    stripe (§3.4: the salient feature "is integrated with the global feature").
-    ``"map"``: stripe k of X scaled by w_k, a (B, C, K * rows, W) map; the pooled Y is a re-weighted global mean.
-    """
-    b, c, h, w = x.shape
-    k = weights.shape[1]
-    if mode == "map":
-        return x * expand_stripes(weights, h // k)
-    return torch.einsum("bckrw,bk->bcrw", x.reshape(b, c, k, h // k, w), weights)
-
-
-def boost(x: torch.Tensor, weights: torch.Tensor, mode: str) -> torch.Tensor:
-    """Eq. 8, ``Y = X + Sal(X)``: x (B, C, H, W), weights (B, K) -> Y (B, C, H, W)."""
-    b, c, h, w = x.shape
-    k = weights.shape[1]
-    if mode == "map":
-        return x * (1 + expand_stripes(weights, h // k))  # one pass over the map
-    return (x.reshape(b, c, k, h // k, w) + salient_feature(x, weights, mode)[:, :, None]).reshape(b, c, h, w)
 
 
 def check_cascade(num_stages: int, num_stripes: int, suppress_stripes: int, with_sfe: bool) -> None:
@@ -95,12 +64,9 @@ class SalientFeatureExtraction(nn.Module):
     """SFE unit (§3.3): a salience descriptor weighs K horizontal stripes; ``Sal(X) = W . X`` (eqs. 6-7)."""
 
     @configurable
-    def __init__(self, channels: int, num_stripes: int, norm: str = "BN", mode: str = "stripe"):
+    def __init__(self, channels: int, num_stripes: int, norm: str = "BN"):
         super().__init__()
-        if mode not in SALIENT_FEATURES:
-            raise ValueError(f"MODEL.HEADS.SALIENT_FEATURE must be one of {list(SALIENT_FEATURES)}, got {mode!r}.")
         self.num_stripes = num_stripes
-        self.mode = mode
         # A 1x1 conv keeps each stripe's 1 x (H/K) x W descriptor computed from that stripe alone.
         self.descriptor = nn.Sequential(
             nn.Conv2d(channels, 1, kernel_size=1, bias=False),
@@ -114,7 +80,6 @@ class SalientFeatureExtraction(nn.Module):
             "channels": cfg.MODEL.BACKBONE.FEAT_DIM,
             "num_stripes": cfg.MODEL.HEADS.NUM_STRIPES,
             "norm": cfg.MODEL.HEADS.NORM,
-            "mode": cfg.MODEL.HEADS.SALIENT_FEATURE,
         }
 
     def weights(self, x: torch.Tensor, kept: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -133,17 +98,9 @@ class SalientFeatureExtraction(nn.Module):
         return z.softmax(dim=1)
 
     def forward(self, x: torch.Tensor, kept: Optional[torch.Tensor] = None):
-        """x: (B, C, H, W) -> Sal(x) (eq. 6; (B, C, H / K, W), or (B, C, H, W) for mode "map") and W: (B, K)."""
+        """x: (B, C, H, W) -> Sal(x): (B, C, H, W) and the stripe weights W: (B, K)."""
         weights = self.weights(x, kept)
-        return salient_feature(x, weights, self.mode), weights
-
-    def boost(self, x: torch.Tensor, kept: Optional[torch.Tensor] = None):
-        """x: (B, C, H, W) -> Y = X + Sal(X) (eq. 8), (B, C, H, W), and W: (B, K)."""
-        weights = self.weights(x, kept)
-        return boost(x, weights, self.mode), weights
-
-    def extra_repr(self) -> str:
-        return f"salient_feature={self.mode!r}"
+        return x * expand_stripes(weights, x.shape[2] // self.num_stripes), weights  # eq. 6: stripe k scaled by w_k
 
 
 class StageEmbeddingHead(EmbeddingHead):
@@ -207,7 +164,6 @@ class CascadedSuppressionHead(nn.Module):
             num_stripes: int,
             suppress_stripes: int,
             with_sfe: bool,
-            salient_feature: str = "stripe",
             pool_type: str,
             suppressed_pool_type: str,
             embedding_dim: int,
@@ -224,7 +180,7 @@ class CascadedSuppressionHead(nn.Module):
         self.num_stripes = num_stripes
         self.suppress_stripes = suppress_stripes
         self.sfe = nn.ModuleList(
-            [SalientFeatureExtraction(feat_dim, num_stripes, norm_type, salient_feature) for _ in range(num_stages)]
+            [SalientFeatureExtraction(feat_dim, num_stripes, norm_type) for _ in range(num_stages)]
         ) if with_sfe else None
         # Stage 1 sees the whole map; after suppression the zeroed stripes bias the mean, so later stages use
         # SUPPRESSED_POOL_LAYER (max pooling in §3.4).
@@ -253,7 +209,6 @@ class CascadedSuppressionHead(nn.Module):
             "num_stripes": heads.NUM_STRIPES,
             "suppress_stripes": heads.SUPPRESS_STRIPES,
             "with_sfe": heads.WITH_SFE,
-            "salient_feature": heads.SALIENT_FEATURE,
             "pool_type": heads.POOL_LAYER,
             "suppressed_pool_type": heads.SUPPRESSED_POOL_LAYER,
             "embedding_dim": heads.EMBEDDING_DIM,
@@ -281,7 +236,8 @@ class CascadedSuppressionHead(nn.Module):
             if self.sfe is None:
                 y, weights = x, None
             else:
-                y, weights = self.sfe[t].boost(x, kept)  # eq. 8
+                weights = self.sfe[t].weights(x, kept)
+                y = x * (1 + expand_stripes(weights, rows))  # eq. 8, X + Sal(X), in one pass over the map
             stages.append(CascadeStage(x, y, weights, kept))
             if t + 1 < self.num_stages:
                 suppressed = self._most_salient(weights, kept)  # (B, K)
