@@ -180,26 +180,3 @@ def test_dual_attention_from_config(cfg):
 def test_bad_attention_settings_name_the_key(kwargs, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         DualAttention(8, **kwargs)
-
-
-def test_identity_init_starts_every_gate_at_one_and_then_learns():
-    """IDENTITY_INIT: zero logits at init (zero last MLP layer; CBAM's zero-weight BN after the spatial conv) and
-    gates 2 * sigmoid, so the branch passes unchanged; once the weights move, the gates are 2 * sigmoid(logits)."""
-    torch.manual_seed(2)
-    att = DualAttention(8, "RDAM", reduction=2, spatial_kernel=3, identity_init=True).train()
-    x = torch.randn(2, 8, 4, 3)
-    out, carry = att(x)
-    assert torch.equal(out, x) and torch.equal(carry, torch.zeros(2, 1, 4, 3))
-    assert att.spatial.conv.bias is None
-
-    with torch.no_grad():
-        torch.nn.init.normal_(att.channel.mlp[2].weight)
-        att.spatial.norm.weight.fill_(1.5)
-        att.spatial.norm.bias.fill_(0.2)
-    out, _ = att(x)
-    mlp = att.channel.mlp
-    channel = 2 * torch.sigmoid(mlp(x.mean(dim=(2, 3))) + mlp(x.amax(dim=(2, 3))))  # (B, C)
-    y = x * channel[:, :, None, None]
-    w = att.spatial.conv(torch.cat([y.mean(dim=1, keepdim=True), y.amax(dim=1, keepdim=True)], dim=1))
-    w = (w - w.mean()) / torch.sqrt(w.var(unbiased=False) + 1e-5) * 1.5 + 0.2  # BN with batch statistics
-    assert torch.allclose(out, y * 2 * torch.sigmoid(w), atol=1e-5)

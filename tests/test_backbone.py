@@ -68,22 +68,6 @@ def test_without_attention_equals_fastreid_resnet(r18, depth, ibn_se, nl):
         assert torch.allclose(scsn(x), plain(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("depth", ["18x", "50x"])
-def test_identity_init_rdam_starts_as_the_plain_resnet(r18, depth):
-    """With RDAM.IDENTITY_INIT every gate is 1 at initialisation: the backbone computes fast-reid's ResNet (NMFF is the
-    identity at init too), so pretrained weights keep their function when the attention is added."""
-    r18.MODEL.BACKBONE.DEPTH = depth
-    r18.MODEL.BACKBONE.RDAM.IDENTITY_INIT = True
-    plain, scsn = build_pair(r18)
-    x = torch.randn(*IMAGES)
-    with torch.no_grad():
-        assert torch.allclose(scsn(x), plain(x), atol=1e-5)
-    r18.MODEL.BACKBONE.RDAM.IDENTITY_INIT = False
-    _, cbam = build_pair(r18)
-    with torch.no_grad():
-        assert not torch.allclose(cbam(x), plain(x), atol=1e-2)  # CBAM's 0.5 gates scale every branch
-
-
 def test_parameter_names_of_the_resnet_are_kept(r18):
     plain, scsn = build_pair(r18)
     plain_state, scsn_state = plain.state_dict(), scsn.state_dict()

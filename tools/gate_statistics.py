@@ -35,14 +35,13 @@ class GateStatistics:
         for i, blocks in enumerate(getattr(model.backbone, "attention", None) or []):
             for j, block in enumerate(blocks):
                 if block.channel is not None:
-                    self._handles.append(block.channel.mlp.register_forward_hook(
-                        self._channel_hook(i + 1, j, block.channel.gate)))
+                    self._handles.append(block.channel.mlp.register_forward_hook(self._channel_hook(i + 1, j)))
         if model.backbone.nmff is not None:
             self._handles.append(model.backbone.nmff.register_forward_hook(self._fusion_hook))
 
-    def _channel_hook(self, stage, block, gate):
+    def _channel_hook(self, stage, block):
         def hook(module, inputs, output):  # output: (2, B, C), the MLP of M_avg and M_max; eq. 1 sums them
-            gates = gate(output.sum(dim=0))
+            gates = torch.sigmoid(output.sum(dim=0))
             self._channel[(stage, block)] = gates
             self._add(stage, "channel", gates)
         return hook

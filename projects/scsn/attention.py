@@ -69,43 +69,20 @@ class ChannelMax(torch.autograd.Function):
         return torch.where(x == maxima, grad, 0.0)
 
 
-class Gate(nn.Module):
-    """``sigmoid(logits)``, CBAM's gate (0.5 at zero logits), or with ``identity`` ``2 * sigmoid(logits)``, which is
-    1 at zero logits, so that a block whose attention logits start at 0 starts as its plain (or pretrained) ResNet
-    block; the gate then scales the branch within (0, 2)."""
-
-    def __init__(self, identity: bool = False):
-        super().__init__()
-        self.identity = identity
-
-    def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        gates = torch.sigmoid(logits)
-        return gates * 2 if self.identity else gates
-
-    def extra_repr(self) -> str:
-        return f"identity={self.identity}"
-
-
 class ChannelAttention(nn.Module):
     """CAM, eq. 1: ``A_c = sigmoid(W2 relu(W1 M_avg) + W2 relu(W1 M_max))``; output ``x * A_c`` channel-wise.
 
-    One two-layer MLP (W1: C -> C/r, W2: C/r -> C, with biases as in CBAM) is shared by both descriptors. With
-    ``identity_init`` W2 starts at zero (as ANN's output conv, and NMFF's kappa) and the gate is ``2 * sigmoid``
-    (``Gate``): A_c = 1 at initialisation.
+    One two-layer MLP (W1: C -> C/r, W2: C/r -> C, with biases as in CBAM) is shared by both descriptors.
     """
 
-    def __init__(self, channels: int, reduction: int = 16, identity_init: bool = False):
+    def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
-        self.gate = Gate(identity_init)
         hidden = max(channels // reduction, 1)  # keeps narrow layers (C < r) usable
         self.mlp = nn.Sequential(
             nn.Linear(channels, hidden),
             nn.ReLU(inplace=True),
             nn.Linear(hidden, channels),
         )
-        if identity_init:
-            nn.init.zeros_(self.mlp[2].weight)
-            nn.init.zeros_(self.mlp[2].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) -> (B, C, H, W)."""
@@ -113,7 +90,7 @@ class ChannelAttention(nn.Module):
         # indices: its backward scatters, where amax's even split over ties counts and divides.
         average = x.sum(dim=(2, 3)) / (x.shape[2] * x.shape[3])
         descriptors = torch.stack([average, F.adaptive_max_pool2d(x, 1).flatten(1)])  # (2, B, C): M_avg, M_max
-        weights = self.gate(self.mlp(descriptors).sum(dim=0))  # (B, C)
+        weights = torch.sigmoid(self.mlp(descriptors).sum(dim=0))  # (B, C)
         return scale(x, weights[:, :, None, None])
 
 
@@ -127,19 +104,12 @@ class SpatialAttention(nn.Module):
 
     with gamma a trainable scalar initialised to 1, so that at init RSAM equals plain SAM and training can let the
     spatial map of earlier blocks persist (gamma < 1). Plain SAM ("without residual", Table 5) is
-    ``A_n = sigmoid(w_n)`` with nothing carried. Output ``x * A_n``. The conv has a bias and no BN (the minimal
-    CBAM of the ANN code), so w_n starts small and random. With ``identity_init`` it is CBAM's official conv instead,
-    no bias and a BN (momentum 0.01) whose weight starts at 0, so that every w_n (and a_n) is 0 at initialisation,
-    and the gate is ``2 * sigmoid`` (``Gate``): A_n = 1 there.
+    ``A_n = sigmoid(w_n)`` with nothing carried. Output ``x * A_n``.
     """
 
-    def __init__(self, kernel_size: int = 7, residual: bool = True, identity_init: bool = False):
+    def __init__(self, kernel_size: int = 7, residual: bool = True):
         super().__init__()
-        self.gate = Gate(identity_init)
-        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=not identity_init)
-        self.norm = nn.BatchNorm2d(1, momentum=0.01) if identity_init else None
-        if identity_init:
-            nn.init.zeros_(self.norm.weight)
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
         self.gamma = nn.Parameter(torch.ones(())) if residual else None
 
     def forward(self, x: torch.Tensor, carry: Carry = None) -> Tuple[torch.Tensor, Carry]:
@@ -147,13 +117,11 @@ class SpatialAttention(nn.Module):
         average = x.sum(dim=1, keepdim=True) / x.shape[1]  # channel mean; see ChannelAttention.forward
         pooled = torch.cat([average, ChannelMax.apply(x)], dim=1)  # (B, 2, H, W)
         logits = self.conv(pooled)  # (B, 1, H, W): w_n
-        if self.norm is not None:
-            logits = self.norm(logits)
         if self.gamma is None:
-            return scale(x, self.gate(logits)), None
+            return scale(x, torch.sigmoid(logits)), None
         previous = torch.zeros_like(logits) if carry is None else carry
         logits = previous + self.gamma * (logits - previous)  # a_n
-        return scale(x, self.gate(logits)), logits
+        return scale(x, torch.sigmoid(logits)), logits
 
 
 class DualAttention(nn.Module):
@@ -164,13 +132,12 @@ class DualAttention(nn.Module):
     """
 
     @configurable
-    def __init__(self, channels: int, mode: str = "RDAM", reduction: int = 16, spatial_kernel: int = 7,
-                 identity_init: bool = False):
+    def __init__(self, channels: int, mode: str = "RDAM", reduction: int = 16, spatial_kernel: int = 7):
         super().__init__()
         parsed = check_attention(mode, reduction, spatial_kernel)
         self.mode = mode
-        self.channel = ChannelAttention(channels, reduction, identity_init) if parsed.channel else None
-        self.spatial = SpatialAttention(spatial_kernel, parsed.residual, identity_init) if parsed.spatial else None
+        self.channel = ChannelAttention(channels, reduction) if parsed.channel else None
+        self.spatial = SpatialAttention(spatial_kernel, parsed.residual) if parsed.spatial else None
 
     @classmethod
     def from_config(cls, cfg, channels: int):
@@ -180,7 +147,6 @@ class DualAttention(nn.Module):
             "mode": rdam.MODE,
             "reduction": rdam.REDUCTION,
             "spatial_kernel": rdam.SPATIAL_KERNEL,
-            "identity_init": rdam.IDENTITY_INIT,
         }
 
     def forward(self, x: torch.Tensor, carry: Carry = None) -> Tuple[torch.Tensor, Carry]:

@@ -63,7 +63,6 @@ class SCSNResNet(nn.Module):
             attention_mode: str = "RDAM",
             reduction: int = 16,
             spatial_kernel: int = 7,
-            identity_init: bool = False,
             fusion_stages: Sequence[int] = (3,),
             key_channels: int = 256,
             value_channels: int = 2048,
@@ -94,8 +93,7 @@ class SCSNResNet(nn.Module):
         # One attention module per residual block; attention[i][j] serves block j of stage i + 1.
         self.attention = nn.ModuleList([
             nn.ModuleList([
-                DualAttention(residual_branch(block)[-1][0].out_channels, attention_mode, reduction, spatial_kernel,
-                              identity_init)
+                DualAttention(residual_branch(block)[-1][0].out_channels, attention_mode, reduction, spatial_kernel)
                 for block in stage
             ])
             for stage in self.stages
@@ -123,7 +121,6 @@ class SCSNResNet(nn.Module):
             "attention_mode": backbone.RDAM.MODE,
             "reduction": backbone.RDAM.REDUCTION,
             "spatial_kernel": backbone.RDAM.SPATIAL_KERNEL,
-            "identity_init": backbone.RDAM.IDENTITY_INIT,
             "fusion_stages": list(backbone.NMFF.STAGES),
             "key_channels": backbone.NMFF.KEY_CHANNELS,
             "value_channels": backbone.NMFF.VALUE_CHANNELS,

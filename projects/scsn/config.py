@@ -17,9 +17,6 @@ def add_scsn_config(cfg):
     _C.MODEL.BACKBONE.RDAM.REDUCTION = 16
     # Kernel size of the convolution that maps the [avg; max] channel maps to W_n (eq. 2).
     _C.MODEL.BACKBONE.RDAM.SPATIAL_KERNEL = 7
-    # Gates 2 * sigmoid with zero logits at init (CBAM's zero BN weight, a zero last MLP layer): every block starts as
-    # its plain ResNet block; False: CBAM's sigmoid gates, 0.5 each at init (each residual branch scaled to ~1/4).
-    _C.MODEL.BACKBONE.RDAM.IDENTITY_INIT = False
 
     # Non-local Multi-stage Feature Fusion, §3.2.
     _C.MODEL.BACKBONE.NMFF = CN()

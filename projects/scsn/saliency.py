@@ -57,8 +57,8 @@ def check_saliency_model(model: nn.Module) -> None:
 def record_attention(model: nn.Module, blocks: Sequence[str]) -> Iterator[Dict[str, torch.Tensor]]:
     """Within the block, every forward fills the dict with block name -> A_n (B, h, w) of the named blocks.
 
-    RSAM returns ``(x * A_n, a_n)`` with ``A_n = gate(a_n)``; plain SAM returns ``(x * A_n, None)`` with
-    ``A_n = gate(w_n)``, so its map is read from its conv, or the BN after it (``gate``: the module's own sigmoid).
+    RSAM returns ``(x * A_n, a_n)`` with ``A_n = sigmoid(a_n)``; plain SAM returns ``(x * A_n, None)`` with
+    ``A_n = sigmoid(conv(...))``, so its map is read from its conv.
     """
     available = spatial_attention_blocks(model)
     unknown = [b for b in blocks if b not in available]
@@ -70,10 +70,10 @@ def record_attention(model: nn.Module, blocks: Sequence[str]) -> Iterator[Dict[s
     maps: Dict[str, torch.Tensor] = {}
 
     def rsam_hook(name):
-        return lambda module, inputs, output: maps.__setitem__(name, module.gate(output[1])[:, 0].detach().clone())
+        return lambda module, inputs, output: maps.__setitem__(name, torch.sigmoid(output[1])[:, 0].detach().clone())
 
-    def sam_hook(name, gate):
-        return lambda module, inputs, output: maps.__setitem__(name, gate(output)[:, 0].detach().clone())
+    def sam_hook(name):
+        return lambda module, inputs, output: maps.__setitem__(name, torch.sigmoid(output)[:, 0].detach().clone())
 
     handles = []
     for name in blocks:
@@ -81,8 +81,7 @@ def record_attention(model: nn.Module, blocks: Sequence[str]) -> Iterator[Dict[s
         if module.gamma is not None:
             handles.append(module.register_forward_hook(rsam_hook(name)))
         else:
-            logits = module.conv if module.norm is None else module.norm  # w_n
-            handles.append(logits.register_forward_hook(sam_hook(name, module.gate)))
+            handles.append(module.conv.register_forward_hook(sam_hook(name)))
     try:
         yield maps
     finally:
