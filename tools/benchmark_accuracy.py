@@ -4,15 +4,16 @@
 Every run goes through tools/train_net.py with the same budget (ResNet18 from scratch, 128x64 input, P x I
 batch, epochs, Adam + cosine: the shared block of configs/Synthetic/*.yml) and differs only in the model.
 The comparison pairs each SCSN with the recipe it is built on: SCSN-R18 (the paper's recipe) with BoT-R18, and
-SCSN-R18 on SBS (configs/Synthetic/scsn_sbs_r18.yml) with SBS-R18. fast-reid's MGN is left out: its
+SCSN-R18 on SBS (configs/Synthetic/scsn_sbs_r18.yml) with SBS-R18 and with SBS-R18 at the paper's strides (the
+same config with every SCSN module off). fast-reid's MGN is left out: its
 meta-architecture hard-codes ResNet50's bottleneck widths (meta_arch/mgn.py), so it cannot run at ResNet18.
 
 Runs are deterministic for a given SEED and thread count; every run uses --threads torch threads (default 1)
 whatever --jobs is, so the numbers do not depend on how many run at once. --jobs runs that many trainings side by
-side (default: one per CPU core), which on a 2-core CPU finishes the default set (5 models x 3 seeds, plus the
-ladder's baseline x 3 seeds: 18 trainings of 13-37 minutes each, the longest those at the paper's strides) in
-about 4 hours (the sum of the run times measured 2026-11-25, two at a time); a finished run found in --work-dir
-is reused.
+side (default: one per CPU core), which on a 2-core CPU finishes the default set (6 models x 3 seeds, plus the
+ladder's baseline x 3 seeds: 21 trainings of 13-45 minutes each, the longest those at the paper's strides) in
+about 5 hours (the sum of the run times measured 2026-11-25 and 2026-12-01, two at a time); a finished run found
+in --work-dir is reused.
 
     python tools/benchmark_accuracy.py
     python tools/benchmark_accuracy.py --only ablation --full-ladder --ablation-seeds 0,1,2,3,4
@@ -59,7 +60,8 @@ LADDER = {
 }
 ENDS = ("baseline (global branch)", "+ RDAM + NMFF + SFE x3 (= SCSN-R18)")
 # Rows outer, seeds inner, headline rows first: an interrupted benchmark still has every seed of those.
-PRIORITY = ["BoT-R18", "SCSN-R18", "baseline (global branch)", "SBS-R18", "AGW-R18", "SCSN-R18 on SBS"]
+PRIORITY = ["BoT-R18", "SCSN-R18", "baseline (global branch)", "SBS-R18", "AGW-R18", "SCSN-R18 on SBS",
+            "SBS-R18 (paper strides)"]
 
 
 def run(name, config, opts, seed, args):
