@@ -33,6 +33,7 @@ from scsn.evaluation import logged_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCSN = "configs/Synthetic/scsn_r18.yml"
+SCSN_SBS = "configs/Synthetic/scsn_sbs_r18.yml"
 # SCSN's config with every module off: the SCSN backbone without attention and fusion, one head stage without SFE.
 _PLAIN = ["MODEL.BACKBONE.RDAM.MODE", "none", "MODEL.HEADS.WITH_SFE", "False", "MODEL.HEADS.NUM_STAGES", "1",
           "MODEL.BACKBONE.NMFF.STAGES", "[]"]
@@ -43,13 +44,15 @@ COMPARISON = {
     "AGW-R18": ("configs/Synthetic/agw_r18.yml", []),
     "SBS-R18": ("configs/Synthetic/sbs_r18.yml", []),
     "SCSN-R18": (SCSN, []),
-    "SCSN-R18 on SBS": ("configs/Synthetic/scsn_sbs_r18.yml", []),
+    "SCSN-R18 on SBS": (SCSN_SBS, []),
     # SBS with the paper's strides and none of SCSN's modules: what SCSN on SBS adds beyond its stride.
-    "SBS-R18 (paper strides)": ("configs/Synthetic/scsn_sbs_r18.yml", _PLAIN),
+    "SBS-R18 (paper strides)": (SCSN_SBS, _PLAIN),
 }
 # Table 5's ladder at the synthetic budget, every row with SCSN's head. By default its two ends: the baseline (the
 # SCSN backbone without attention and fusion, one head stage without SFE: fast-reid's BoT but for that head) and
 # the full SCSN; --full-ladder adds the rows between, each adding one component to the row above it.
+# --ladder-recipe sbs builds every row on SCSN's SBS config instead: its ends are then SBS-R18 (paper strides)
+# and SCSN-R18 on SBS.
 LADDER = {
     "baseline (global branch)": (SCSN, _PLAIN),
     "+ RDAM": (SCSN, _RDAM),
@@ -59,6 +62,7 @@ LADDER = {
     "+ RDAM + NMFF + SFE x3 (= SCSN-R18)": (SCSN, []),
 }
 ENDS = ("baseline (global branch)", "+ RDAM + NMFF + SFE x3 (= SCSN-R18)")
+LADDER_RECIPES = {"bot": SCSN, "sbs": SCSN_SBS}
 # Rows outer, seeds inner, headline rows first: an interrupted benchmark still has every seed of those.
 PRIORITY = ["BoT-R18", "SCSN-R18", "baseline (global branch)", "SBS-R18", "AGW-R18", "SCSN-R18 on SBS",
             "SBS-R18 (paper strides)"]
@@ -131,7 +135,10 @@ def main():
     parser.add_argument("--dataset", default="SyntheticReID")
     parser.add_argument("--only", choices=["comparison", "ablation"], help="run one of the two parts")
     parser.add_argument("--full-ladder", action="store_true", help="every row of the ablation ladder, not its ends")
-    parser.add_argument("--models", help="comma-separated comparison rows to run (default: all), e.g. BoT-R18,SCSN-R18")
+    parser.add_argument("--ladder-recipe", choices=list(LADDER_RECIPES), default="bot",
+                        help="the recipe the ladder's rows are built on: the paper's (BoT's, default) or fast-reid's SBS")
+    parser.add_argument("--models", help="comma-separated rows to run, of either part (default: all), "
+                                         "e.g. BoT-R18,SCSN-R18")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="trainings run at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every training")
     parser.add_argument("--work-dir", default=os.path.join("bench", "accuracy", time.strftime("%Y%m%d-%H%M%S")),
@@ -142,17 +149,18 @@ def main():
     seeds = {"comparison": [int(s) for s in args.seeds.split(",")],
              "ablation": [int(s) for s in args.ablation_seeds.split(",")]}
 
-    ladder = LADDER if args.full_ladder else {name: LADDER[name] for name in ENDS}
-    comparison = COMPARISON
-    if args.models:
-        names = args.models.split(",")
-        unknown = [n for n in names if n not in COMPARISON]
-        if unknown:
-            parser.error(f"unknown models {unknown}; choose from {list(COMPARISON)}")
-        comparison = {name: COMPARISON[name] for name in names}
-    parts = {"comparison": comparison, "ablation": ladder}
+    ladder = {name: (LADDER_RECIPES[args.ladder_recipe], opts) for name, (_, opts) in LADDER.items()
+              if args.full_ladder or name in ENDS}
+    parts = {"comparison": COMPARISON, "ablation": ladder}
     if args.only:
         parts = {args.only: parts[args.only]}
+    if args.models:
+        names = args.models.split(",")
+        unknown = [n for n in names if not any(n in part for part in parts.values())]
+        if unknown:
+            parser.error(f"unknown models {unknown}; choose from {[n for part in parts.values() for n in part]}")
+        parts = {title: {n: part[n] for n in names if n in part} for title, part in parts.items()}
+        parts = {title: part for title, part in parts.items() if part}
     # The full SCSN is the same run in both parts: train it once per seed.
     rows = sorted(((name, config, tuple(opts), seeds[title]) for title, part in parts.items()
                    for name, (config, opts) in part.items()),
@@ -170,7 +178,8 @@ def main():
         rows = summarise({name: [runs[(config, tuple(opts), seed)] for seed in seeds[title]]
                           for name, (config, opts) in part.items()})
         report[title] = rows
-        print_table(f"{title} ({args.dataset}, {args.epochs} epochs, seeds {seeds[title]})", rows)
+        recipe = f", {args.ladder_recipe} recipe" if title == "ablation" else ""
+        print_table(f"{title} ({args.dataset}, {args.epochs} epochs, seeds {seeds[title]}{recipe})", rows)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
