@@ -8,7 +8,8 @@ SCSN-R18 on SBS (configs/Synthetic/scsn_sbs_r18.yml) with SBS-R18 and with SBS-R
 same config with every SCSN module off). fast-reid's MGN is left out: its
 meta-architecture hard-codes ResNet50's bottleneck widths (meta_arch/mgn.py), so it cannot run at ResNet18.
 
-Runs are deterministic for a given SEED and thread count; every run uses --threads torch threads (default 1)
+Runs are deterministic for a given SEED and thread count on one machine (not across machines: README,
+"Reproducibility"); every run uses --threads torch threads (default 1)
 whatever --jobs is, so the numbers do not depend on how many run at once. --jobs runs that many trainings side by
 side (default: one per CPU core), which on a 2-core CPU finishes the default set (6 models x 4 seeds, plus the
 ladder's baseline x 4 seeds: 28 trainings of 13-45 minutes each, the longest those at the paper's strides) in
@@ -18,6 +19,7 @@ the table is for.
 
     python tools/benchmark_accuracy.py
     python tools/benchmark_accuracy.py --only ablation --full-ladder --ablation-seeds 0,1,2,3,4
+    python tools/benchmark_accuracy.py --only ablation --full-ladder --ladder-recipe sbs
     python tools/benchmark_accuracy.py --epochs 60 --dataset SyntheticReIDBench --jobs 1 --threads 8 \
         MODEL.DEVICE cuda                                                  # on a GPU
 """
@@ -49,18 +51,18 @@ COMPARISON = {
     # SBS with the paper's strides and none of SCSN's modules: what SCSN on SBS adds beyond its stride.
     "SBS-R18 (paper strides)": (SCSN_SBS, _PLAIN),
 }
-# Table 5's ladder at the synthetic budget, every row with SCSN's head. By default its two ends: the baseline (the
-# SCSN backbone without attention and fusion, one head stage without SFE: fast-reid's BoT but for that head) and
-# the full SCSN; --full-ladder adds the rows between, each adding one component to the row above it.
-# --ladder-recipe sbs builds every row on SCSN's SBS config instead: its ends are then SBS-R18 (paper strides)
-# and SCSN-R18 on SBS.
+# Table 5's ladder at the synthetic budget, every row with SCSN's head: the overrides of each row to the recipe's
+# SCSN config. By default its two ends: the baseline (the SCSN backbone without attention and fusion, one head
+# stage without SFE: fast-reid's BoT but for that head) and the full SCSN; --full-ladder adds the rows between,
+# each adding one component to the row above it. The recipe is SCSN-R18's (BoT's) unless --ladder-recipe sbs
+# builds every row on SCSN's SBS config: its ends are then SBS-R18 (paper strides) and SCSN-R18 on SBS.
 LADDER = {
-    "baseline (global branch)": (SCSN, _PLAIN),
-    "+ RDAM": (SCSN, _RDAM),
-    "+ RDAM + NMFF": (SCSN, _NMFF),
-    "+ RDAM + NMFF + SFE x1": (SCSN, _NMFF + ["MODEL.HEADS.WITH_SFE", "True"]),
-    "+ RDAM + NMFF + SFE x2": (SCSN, _NMFF + ["MODEL.HEADS.WITH_SFE", "True", "MODEL.HEADS.NUM_STAGES", "2"]),
-    "+ RDAM + NMFF + SFE x3 (= SCSN-R18)": (SCSN, []),
+    "baseline (global branch)": _PLAIN,
+    "+ RDAM": _RDAM,
+    "+ RDAM + NMFF": _NMFF,
+    "+ RDAM + NMFF + SFE x1": _NMFF + ["MODEL.HEADS.WITH_SFE", "True"],
+    "+ RDAM + NMFF + SFE x2": _NMFF + ["MODEL.HEADS.WITH_SFE", "True", "MODEL.HEADS.NUM_STAGES", "2"],
+    "+ RDAM + NMFF + SFE x3 (= SCSN-R18)": [],
 }
 ENDS = ("baseline (global branch)", "+ RDAM + NMFF + SFE x3 (= SCSN-R18)")
 LADDER_RECIPES = {"bot": SCSN, "sbs": SCSN_SBS}
@@ -150,7 +152,7 @@ def main():
     seeds = {"comparison": [int(s) for s in args.seeds.split(",")],
              "ablation": [int(s) for s in args.ablation_seeds.split(",")]}
 
-    ladder = {name: (LADDER_RECIPES[args.ladder_recipe], opts) for name, (_, opts) in LADDER.items()
+    ladder = {name: (LADDER_RECIPES[args.ladder_recipe], opts) for name, opts in LADDER.items()
               if args.full_ladder or name in ENDS}
     parts = {"comparison": COMPARISON, "ablation": ladder}
     if args.only:
