@@ -65,3 +65,21 @@ def test_paper_configs_give_the_papers_feature_map(leaf, rows):
     with torch.no_grad():
         feature_map = backbone(torch.rand(1, 3, 384, 128))
     assert feature_map.shape == (1, 2048, rows, rows // 3)  # 6 (or 3) rows in each of the 8 stripes
+
+
+def test_paper_configs_pool_every_stage_with_its_own_learned_gem():
+    """The shipped head pools each cascade stage with fast-reid's GeM, (mean x^p)^(1/p) with its own trainable p
+    (3 at the start), which the training loss reaches."""
+    cfg = load("configs/SCSN/market_r50.yml")
+    cfg.merge_from_list(["MODEL.BACKBONE.DEPTH", "18x", "MODEL.BACKBONE.FEAT_DIM", 512,
+                         "MODEL.BACKBONE.NMFF.VALUE_CHANNELS", 64, "MODEL.BACKBONE.NMFF.KEY_CHANNELS", 16])
+    model = build_model(cfg)
+    pools = [stage.pool_layer for stage in model.heads.stage_heads]
+    assert len(pools) == 3 and len({id(p.p) for p in pools}) == 3
+    x = torch.tensor([[[[1.0, 2.0], [0.0, 4.0]]]])
+    assert torch.allclose(pools[1](x), ((1 + 8 + 1e-18 + 64) / 4) ** (1 / 3) * torch.ones(1, 1, 1, 1))
+    model.train()
+    with EventStorage(0):
+        losses = model({"images": torch.rand(4, 3, 128, 64) * 255, "targets": torch.tensor([0, 0, 1, 1])})
+    sum(losses.values()).backward()
+    assert all(p.p.grad is not None and p.p.grad.abs().item() > 0 for p in pools)
