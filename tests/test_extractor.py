@@ -61,8 +61,9 @@ def test_bad_input_stops_with_a_clear_message(tmp_path, checkpoint):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="Cannot read the checkpoint"):
         FeatureExtractor(CONFIG, str(tmp_path / "junk.pth"), opts=SMALL)
-    # A config that builds another model: 4 cascade stages where the checkpoint has 3.
-    with pytest.raises(WeightsError, match=r"does not fit the model this config builds: missing 12 .*heads\.sfe\.3"
+    # A config that builds another model: 4 cascade stages where the checkpoint has 3 (the fourth stage's SFE, GeM
+    # exponent, BN neck and classifier: 13 tensors).
+    with pytest.raises(WeightsError, match=r"does not fit the model this config builds: missing 13 .*heads\.sfe\.3"
                                            r".*config\.yaml"):
         FeatureExtractor(CONFIG, path, opts=SMALL + ["MODEL.HEADS.NUM_STAGES", "4"])
     with pytest.raises(WeightsError, match=r"another shape .*heads\.stage_heads\.0\.bottleneck\.0\.weight"):
