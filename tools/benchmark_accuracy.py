@@ -14,8 +14,7 @@ whatever --jobs is, so the numbers do not depend on how many run at once. --jobs
 side (default: one per CPU core), which on a 2-core CPU finishes the default set (6 models x 4 seeds, plus the
 ladder's baseline x 4 seeds: 28 trainings of 4-45 minutes each, the longest those at the paper's strides) in
 about 3.8 hours on the machine of 2026-12-02 and 6.7 hours on the earlier one (the sums of the measured run
-times, two at a time); a finished run found
-in --work-dir is reused. Four seeds, not three: with three, BoT-R18's spread (3.2 mAP) is as large as the gaps
+times, two at a time); a finished run found in --work-dir is reused. Four seeds, not three: with three, BoT-R18's spread (3.2 mAP) is as large as the gaps
 the table is for.
 
     python tools/benchmark_accuracy.py
