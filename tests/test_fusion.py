@@ -16,9 +16,9 @@ def stage_maps(batch=2):
     return [torch.randn(batch, c, h, w) for c, (h, w) in zip(STAGE_CHANNELS, sizes)]
 
 
-def make_fusion(stages=(1, 2, 3), key_channels=3, value_channels=5, pool_bins=(1, 3, 6, 8)):
+def make_fusion(stages=(1, 2, 3), key_channels=3, value_channels=5, pool_bins=(1, 3, 6, 8), merge="add"):
     return MultiStageFusion(stage_channels=STAGE_CHANNELS, stages=stages, key_channels=key_channels,
-                            value_channels=value_channels, pool_bins=pool_bins)
+                            value_channels=value_channels, pool_bins=pool_bins, merge=merge)
 
 
 def test_pyramid_pool_positions_and_values():
@@ -30,10 +30,12 @@ def test_pyramid_pool_positions_and_values():
     assert torch.allclose(pooled[:, :, -1], x[:, :, 14:16, 7].mean(dim=2), atol=1e-6)
 
 
-def test_identity_at_init():
+@pytest.mark.parametrize("merge", ["add", "add_relu", "bn_add"])
+def test_identity_at_init(merge):
     torch.manual_seed(0)
-    fusion = make_fusion()
+    fusion = make_fusion(merge=merge)
     features = stage_maps()
+    features[3] = features[3].relu()  # stage 4 ends in a ReLU
     assert torch.equal(fusion(features), features[3])
 
 
@@ -104,6 +106,49 @@ def test_kappa_fuses_the_concatenated_stage_outputs():
     assert torch.allclose(out, expected, atol=1e-5)
 
 
+def fused_by_hand(fusion, features):
+    """kappa(cat_l F^{hl_l}) with an explicit conv over the explicitly concatenated fused maps (eq. 5)."""
+    fused = torch.cat([block(features[3], features[s - 1]) for s, block in zip(fusion.stages, fusion.non_local)], 1)
+    return F.conv2d(fused, fusion.kappa.weight, fusion.kappa.bias)
+
+
+def test_add_relu_is_the_relu_of_the_sum():
+    torch.manual_seed(0)
+    fusion = make_fusion(merge="add_relu")
+    with torch.no_grad():
+        fusion.kappa.weight.normal_()
+        fusion.kappa.bias.normal_()
+    features = stage_maps()
+    expected = torch.relu(features[3] + fused_by_hand(fusion, features))
+    out = fusion(features)
+    assert (out < 0).sum() == 0 and (expected == 0).any()
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_bn_add_normalises_the_fused_map_with_batch_statistics():
+    torch.manual_seed(0)
+    fusion = make_fusion(merge="bn_add")
+    assert fusion.kappa.bias is None  # the BN's shift replaces it
+    with torch.no_grad():
+        fusion.norm.weight.uniform_(0.5, 1.5)
+        fusion.norm.bias.normal_()
+    features = stage_maps(batch=3)
+    fused = fused_by_hand(fusion, features)  # (B, C_h, H, W)
+    mean, var = fused.mean(dim=(0, 2, 3), keepdim=True), fused.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    norm = fusion.norm
+    expected = features[3] + (fused - mean) / torch.sqrt(var + norm.eps) * norm.weight[:, None, None] \
+        + norm.bias[:, None, None]
+    assert torch.allclose(fusion(features), expected, atol=1e-4)
+
+
+def test_bn_add_learns_from_its_zero_scale():
+    torch.manual_seed(0)
+    fusion = make_fusion(merge="bn_add")
+    features = stage_maps()
+    (fusion(features) * torch.randn(2, 10, 4, 2)).sum().backward()
+    assert fusion.norm.weight.grad.abs().sum() > 0 and fusion.norm.bias.grad.abs().sum() > 0
+
+
 def test_shapes_and_parameters_follow_the_paper_settings(cfg):
     # Market1501: stage 3 into stage 4, c_f = 2048, c = 256 (defaults); the others: stages 1-3, c_f = 512, c = 64.
     r50 = [256, 512, 1024, 2048]
@@ -135,6 +180,7 @@ def test_gradient_reaches_kappa_at_init():
     ({"stages": ()}, "MODEL.BACKBONE.NMFF.STAGES"),
     ({"pool_bins": (0, 3)}, "MODEL.BACKBONE.NMFF.POOL_BINS"),
     ({"key_channels": 0}, "MODEL.BACKBONE.NMFF.KEY_CHANNELS"),
+    ({"merge": "concat"}, "MODEL.BACKBONE.NMFF.MERGE"),
 ])
 def test_bad_fusion_settings_name_the_key(kwargs, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):

@@ -1,27 +1,24 @@
 #!/usr/bin/env python
-"""Accuracy benchmark on the synthetic dataset: SCSN against fast-reid's baselines, plus SCSN's ablation ladder.
+"""Accuracy benchmark on the synthetic dataset: SCSN against fast-reid's baselines, its ablation ladder, and the
+readings of NMFF's eq. 5, each row a config under configs/Synthetic/ trained by tools/train_net.py over seeds.
 
-Every run goes through tools/train_net.py with the same budget (ResNet18 from scratch, 128x64 input, P x I
-batch, epochs, Adam + cosine: the shared block of configs/Synthetic/*.yml) and differs only in the model.
-The comparison pairs each SCSN with the recipe it is built on: SCSN-R18 (the paper's recipe) with BoT-R18, and
-SCSN-R18 on SBS (configs/Synthetic/scsn_sbs_r18.yml) with SBS-R18 and with SBS-R18 at the paper's strides (the
-same config with every SCSN module off). fast-reid's MGN is left out: its
-meta-architecture hard-codes ResNet50's bottleneck widths (meta_arch/mgn.py), so it cannot run at ResNet18.
+Every config shares the CPU budget of configs/Synthetic/ (ResNet18 from scratch, 128x64, P x I batch, 12 epochs,
+Adam + cosine; a test keeps the copies equal) and differs only in the model. A suite is a list of rows (name ->
+config); ``--models`` picks rows of the chosen suites. fast-reid's MGN is left out: its meta-architecture
+hard-codes ResNet50's bottleneck widths (meta_arch/mgn.py), so it cannot run at ResNet18.
 
-Runs are deterministic for a given SEED and thread count on one machine (not across machines: README,
-"Reproducibility"); every run uses --threads torch threads (default 1)
-whatever --jobs is, so the numbers do not depend on how many run at once. --jobs runs that many trainings side by
-side (default: one per CPU core), which on a 2-core CPU finishes the default set (6 models x 4 seeds, plus the
-ladder's baseline x 4 seeds: 28 trainings of 4-45 minutes each, the longest those at the paper's strides) in
-about 3.8 hours on the machine of 2026-12-02 and 6.7 hours on the earlier one (the sums of the measured run
-times, two at a time); a finished run found in --work-dir is reused. Four seeds, not three: with three, BoT-R18's spread (3.2 mAP) is as large as the gaps
-the table is for.
+Runs are deterministic for a SEED and thread count on one machine (not across machines); every run uses --threads
+torch threads whatever --jobs is, so a number does not depend on how many run at once. --jobs runs that many
+trainings side by side (default: one per CPU core). Each run's metrics are read from the ``eval_results.json`` that
+tools/train_net.py writes; a finished run found in --work-dir is reused. The summary goes to
+``results/accuracy_<suite>.json`` (``--out`` for another file), with the command, commit and machine, from which
+tools/render_results.py draws the tables of README.md and docs/.
 
-    python tools/benchmark_accuracy.py
-    python tools/benchmark_accuracy.py --only ablation --full-ladder --ablation-seeds 0,1,2,3,4
-    python tools/benchmark_accuracy.py --only ablation --full-ladder --ladder-recipe sbs
-    python tools/benchmark_accuracy.py --epochs 60 --dataset SyntheticReIDBench --jobs 1 --threads 8 \
-        MODEL.DEVICE cuda                                                  # on a GPU
+    python tools/benchmark_accuracy.py                                  # the headline suite, seeds 0-3
+    python tools/benchmark_accuracy.py --suite ladder
+    python tools/benchmark_accuracy.py --suite headline --models BoT-R18,SCSN-R18 --bf16
+    python tools/benchmark_accuracy.py --epochs 60 --dataset SyntheticReIDBench --jobs 1 --threads 8 \\
+        MODEL.DEVICE cuda                                               # on a GPU
 """
 import argparse
 import concurrent.futures
@@ -32,59 +29,77 @@ import subprocess
 import sys
 import time
 
-from scsn.evaluation import logged_metrics
+import scsn.results
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCSN = "configs/Synthetic/scsn_r18.yml"
-SCSN_SBS = "configs/Synthetic/scsn_sbs_r18.yml"
-# SCSN's config with every module off: the SCSN backbone without attention and fusion, one head stage without SFE.
-_PLAIN = ["MODEL.BACKBONE.RDAM.MODE", "none", "MODEL.HEADS.WITH_SFE", "False", "MODEL.HEADS.NUM_STAGES", "1",
-          "MODEL.BACKBONE.NMFF.STAGES", "[]"]
-_RDAM = _PLAIN + ["MODEL.BACKBONE.RDAM.MODE", "RDAM"]
-_NMFF = _RDAM + ["MODEL.BACKBONE.NMFF.STAGES", "[1,2,3]"]
-COMPARISON = {
-    "BoT-R18": ("configs/Synthetic/bagtricks_r18.yml", []),
-    "AGW-R18": ("configs/Synthetic/agw_r18.yml", []),
-    "SBS-R18": ("configs/Synthetic/sbs_r18.yml", []),
-    "SCSN-R18": (SCSN, []),
-    "SCSN-R18 on SBS": (SCSN_SBS, []),
-    # SBS with the paper's strides and none of SCSN's modules: what SCSN on SBS adds beyond its stride.
-    "SBS-R18 (paper strides)": (SCSN_SBS, _PLAIN),
+S = "configs/Synthetic/"
+A = S + "ablations/"
+SUITES = {
+    # SCSN against fast-reid's built-ins, and the model SCSN's modules sit on (BoT with SCSN's head and strides).
+    "headline": {
+        "BoT-R18": S + "bagtricks_r18.yml",
+        "AGW-R18": S + "agw_r18.yml",
+        "SBS-R18": S + "sbs_r18.yml",
+        "SCSN-R18": S + "scsn_r18.yml",
+        "baseline (global branch)": A + "baseline.yml",
+    },
+    # Table 5's ladder at the synthetic budget, each row adding one component to the row above it.
+    "ladder": {
+        "baseline (global branch)": A + "baseline.yml",
+        "+ RDAM": A + "rdam.yml",
+        "+ RDAM + NMFF": A + "rdam_nmff.yml",
+        "+ RDAM + NMFF + SFE x1": A + "rdam_nmff_sfe1.yml",
+        "+ RDAM + NMFF + SFE x2": A + "rdam_nmff_sfe2.yml",
+        "+ RDAM + NMFF + SFE x3 (= SCSN-R18)": S + "scsn_r18.yml",
+    },
+    # The same ladder on fast-reid's SBS recipe; its first row is SBS-R18 at the paper's strides.
+    "ladder-sbs": {
+        "SBS-R18 (paper strides)": A + "sbs/baseline.yml",
+        "+ RDAM": A + "sbs/rdam.yml",
+        "+ RDAM + NMFF": A + "sbs/rdam_nmff.yml",
+        "+ RDAM + NMFF + SFE x1": A + "sbs/rdam_nmff_sfe1.yml",
+        "+ RDAM + NMFF + SFE x2": A + "sbs/rdam_nmff_sfe2.yml",
+        "+ RDAM + NMFF + SFE x3 (= SCSN-R18 on SBS)": S + "scsn_sbs_r18.yml",
+    },
+    # How NMFF's F_f joins the stage-4 map (MODEL.BACKBONE.NMFF.MERGE), with GeM and with average pooling.
+    "nmff-merge": {
+        "add, GeM": S + "scsn_r18.yml",
+        "add_relu, GeM": A + "nmff_add_relu.yml",
+        "bn_add, GeM": A + "nmff_bn_add.yml",
+        "add, average pooling": A + "avgpool.yml",
+        "add_relu, average pooling": A + "avgpool_nmff_add_relu.yml",
+        "bn_add, average pooling": A + "avgpool_nmff_bn_add.yml",
+    },
 }
-# Table 5's ladder at the synthetic budget, every row with SCSN's head: the overrides of each row to the recipe's
-# SCSN config. By default its two ends: the baseline (the SCSN backbone without attention and fusion, one head
-# stage without SFE: fast-reid's BoT but for that head) and the full SCSN; --full-ladder adds the rows between,
-# each adding one component to the row above it. The recipe is SCSN-R18's (BoT's) unless --ladder-recipe sbs
-# builds every row on SCSN's SBS config: its ends are then SBS-R18 (paper strides) and SCSN-R18 on SBS.
-LADDER = {
-    "baseline (global branch)": _PLAIN,
-    "+ RDAM": _RDAM,
-    "+ RDAM + NMFF": _NMFF,
-    "+ RDAM + NMFF + SFE x1": _NMFF + ["MODEL.HEADS.WITH_SFE", "True"],
-    "+ RDAM + NMFF + SFE x2": _NMFF + ["MODEL.HEADS.WITH_SFE", "True", "MODEL.HEADS.NUM_STAGES", "2"],
-    "+ RDAM + NMFF + SFE x3 (= SCSN-R18)": [],
-}
-ENDS = ("baseline (global branch)", "+ RDAM + NMFF + SFE x3 (= SCSN-R18)")
-LADDER_RECIPES = {"bot": SCSN, "sbs": SCSN_SBS}
-# Rows outer, seeds inner, headline rows first: an interrupted benchmark still has every seed of those.
-PRIORITY = ["BoT-R18", "SCSN-R18", "baseline (global branch)", "SBS-R18", "AGW-R18", "SCSN-R18 on SBS",
-            "SBS-R18 (paper strides)"]
+ROOT = scsn.results.ROOT
+METRICS = ("Rank-1", "Rank-5", "mAP", "mINP")
 
 
-def run(name, config, opts, seed, args):
-    out_dir = os.path.join(args.work_dir, name.replace(" ", "_").replace("/", "-"), f"seed{seed}")
+def run_dir(config, seed, args):
+    name = os.path.splitext(os.path.relpath(config, S))[0]
+    return os.path.join(args.work_dir, name + ("_bf16" if args.bf16 else ""), f"seed{seed}")
+
+
+def read_metrics(out_dir, dataset):
+    with open(os.path.join(out_dir, "eval_results.json")) as f:
+        results = json.load(f)
+    results = results.get(dataset, results)  # several test sets: one dict per dataset
+    return {k: results[k] for k in METRICS}
+
+
+def run(name, config, seed, args):
+    out_dir = run_dir(config, seed, args)
     cmd = [
-        sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", config, *opts,
+        sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", config,
         "DATASETS.NAMES", f'("{args.dataset}",)', "DATASETS.TESTS", f'("{args.dataset}",)', "SEED", str(seed),
         "SOLVER.MAX_EPOCH", str(args.epochs), "SOLVER.CHECKPOINT_PERIOD", str(args.epochs),
-        "TEST.EVAL_PERIOD", str(args.epochs), "OUTPUT_DIR", out_dir, *args.opts,
+        "TEST.EVAL_PERIOD", str(args.epochs), "SOLVER.AMP.ENABLED", str(args.bf16), "OUTPUT_DIR", out_dir, *args.opts,
     ]
-    log_file = os.path.join(out_dir, "log.txt")
-    if os.path.isfile(os.path.join(out_dir, "model_final.pth")):  # finished by an earlier, interrupted invocation
-        result = last_metrics(log_file, args.dataset)
-        result["seconds"] = None
-        print(f"  {name:36s} seed {seed}: mAP {result['mAP']:.2f}  Rank-1 {result['Rank-1']:.2f}  "
-              f"(reused {out_dir})", flush=True)
+    record_file = os.path.join(out_dir, "run.json")
+    if os.path.isfile(record_file):  # finished by an earlier, interrupted invocation
+        with open(record_file) as f:
+            result = json.load(f)
+        print(f"  {name:36s} seed {seed}: mAP {result['mAP']:.2f}  Rank-1 {result['Rank-1']:.2f}  (reused {out_dir})",
+              flush=True)
         return result
     if os.path.isdir(out_dir):
         cmd.insert(2, "--resume")  # a run cut off mid-way continues from its last checkpoint, if any
@@ -93,30 +108,23 @@ def run(name, config, opts, seed, args):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{name} (seed {seed}) failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
-    result = last_metrics(log_file, args.dataset)
-    result["seconds"] = time.time() - start
+    result = {**read_metrics(out_dir, args.dataset), "seed": seed, "seconds": round(time.time() - start),
+              "commit": scsn.results.git_commit(), "run_dir": os.path.relpath(out_dir, ROOT)}
+    scsn.results.write(record_file, result)
     print(f"  {name:36s} seed {seed}: mAP {result['mAP']:.2f}  Rank-1 {result['Rank-1']:.2f}  "
-          f"({result['seconds']:.0f} s)", flush=True)
+          f"({result['seconds']} s)", flush=True)
     return result
 
 
-def last_metrics(log_file, dataset):
-    """The last metrics table fast-reid logged for ``dataset`` in ``log_file``."""
-    with open(log_file) as f:
-        table = logged_metrics(f.read(), dataset)[-1]
-    return {k: table[k] for k in ("Rank-1", "Rank-5", "mAP", "mINP")}
-
-
 def summarise(runs):
+    def mean_std(values):
+        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
     rows = {}
-    for name, per_seed in runs.items():
-        m = [r["mAP"] for r in per_seed]
-        r1 = [r["Rank-1"] for r in per_seed]
-        rows[name] = {
-            "mAP_mean": statistics.mean(m), "mAP_std": statistics.stdev(m) if len(m) > 1 else 0.0,
-            "R1_mean": statistics.mean(r1), "R1_std": statistics.stdev(r1) if len(r1) > 1 else 0.0,
-            "seeds": len(m), "runs": per_seed,
-        }
+    for name, (config, per_seed) in runs.items():
+        m, r1 = mean_std([r["mAP"] for r in per_seed]), mean_std([r["Rank-1"] for r in per_seed])
+        rows[name] = {"config": config, "mAP_mean": m[0], "mAP_std": m[1], "R1_mean": r1[0], "R1_std": r1[1],
+                      "runs": per_seed}
     return rows
 
 
@@ -126,67 +134,62 @@ def print_table(title, rows):
     print(f"\n{title}")
     print(tabulate(
         [[n, f"{r['mAP_mean']:.2f} ± {r['mAP_std']:.2f}", f"{r['R1_mean']:.2f} ± {r['R1_std']:.2f}",
-          ", ".join(f"{run['mAP']:.2f}" for run in r["runs"]), r["seeds"]] for n, r in rows.items()],
-        headers=["model", "mAP (mean ± std)", "Rank-1 (mean ± std)", "mAP per seed", "seeds"], tablefmt="pipe"))
+          ", ".join(f"{run['mAP']:.2f}" for run in r["runs"])] for n, r in rows.items()],
+        headers=["model", "mAP (mean ± std)", "Rank-1 (mean ± std)", "mAP per seed"], tablefmt="pipe"))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", default="headline", help="comma-separated, from: " + ", ".join(SUITES))
+    parser.add_argument("--models", help="comma-separated rows of the suites to run (default: all)")
     parser.add_argument("--seeds", default="0,1,2,3")
-    parser.add_argument("--ablation-seeds", default="0,1,2,3")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--dataset", default="SyntheticReID")
-    parser.add_argument("--only", choices=["comparison", "ablation"], help="run one of the two parts")
-    parser.add_argument("--full-ladder", action="store_true", help="every row of the ablation ladder, not its ends")
-    parser.add_argument("--ladder-recipe", choices=list(LADDER_RECIPES), default="bot",
-                        help="the recipe the ladder's rows are built on: the paper's (BoT's, default) or fast-reid's SBS")
-    parser.add_argument("--models", help="comma-separated rows to run, of either part (default: all), "
-                                         "e.g. BoT-R18,SCSN-R18")
+    parser.add_argument("--bf16", action="store_true",
+                        help="train and evaluate with SOLVER.AMP.ENABLED True: bf16 autocast on a CPU with bf16 units")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="trainings run at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every training")
-    parser.add_argument("--work-dir", default=os.path.join("bench", "accuracy", time.strftime("%Y%m%d-%H%M%S")),
-                        help="where the runs go; pass an earlier invocation's folder to reuse its finished runs")
-    parser.add_argument("--out", default="bench/accuracy.json")
+    parser.add_argument("--work-dir", default=os.path.join("bench", "accuracy"),
+                        help="where the runs go; finished runs found there are reused")
+    parser.add_argument("--out", help="results JSON (default: results/accuracy_<suite>[_bf16].json)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run, e.g. MODEL.DEVICE cuda")
     args = parser.parse_args()
-    seeds = {"comparison": [int(s) for s in args.seeds.split(",")],
-             "ablation": [int(s) for s in args.ablation_seeds.split(",")]}
-
-    ladder = {name: (LADDER_RECIPES[args.ladder_recipe], opts) for name, opts in LADDER.items()
-              if args.full_ladder or name in ENDS}
-    parts = {"comparison": COMPARISON, "ablation": ladder}
-    if args.only:
-        parts = {args.only: parts[args.only]}
+    suites = args.suite.split(",")
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown:
+        parser.error(f"unknown suites {unknown}; choose from {list(SUITES)}")
+    if args.out and len(suites) > 1:
+        parser.error("--out names one file: give one --suite with it")
+    rows = {suite: dict(SUITES[suite]) for suite in suites}
     if args.models:
         names = args.models.split(",")
-        unknown = [n for n in names if not any(n in part for part in parts.values())]
-        if unknown:
-            parser.error(f"unknown models {unknown}; choose from {[n for part in parts.values() for n in part]}")
-        parts = {title: {n: part[n] for n in names if n in part} for title, part in parts.items()}
-        parts = {title: part for title, part in parts.items() if part}
-    # The full SCSN is the same run in both parts: train it once per seed.
-    rows = sorted(((name, config, tuple(opts), seeds[title]) for title, part in parts.items()
-                   for name, (config, opts) in part.items()),
-                  key=lambda row: PRIORITY.index(row[0]) if row[0] in PRIORITY else len(PRIORITY))
+        missing = [n for n in names if not any(n in r for r in rows.values())]
+        if missing:
+            parser.error(f"unknown models {missing}; choose from {[n for r in rows.values() for n in r]}")
+        rows = {suite: {n: c for n, c in r.items() if n in names} for suite, r in rows.items()}
+    seeds = [int(s) for s in args.seeds.split(",")]
+
+    # Rows outer, seeds inner: an interrupted benchmark still has every seed of the first rows. A config in several
+    # suites is trained once per seed.
     jobs = {}
-    for name, config, opts, row_seeds in rows:
-        for seed in row_seeds:
-            jobs.setdefault((config, opts, seed), name)
+    for suite_rows in rows.values():
+        for name, config in suite_rows.items():
+            for seed in seeds:
+                jobs.setdefault((config, seed), name)
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = {key: pool.submit(run, name, key[0], list(key[1]), key[2], args) for key, name in jobs.items()}
+        futures = {key: pool.submit(run, name, key[0], key[1], args) for key, name in jobs.items()}
         runs = {key: future.result() for key, future in futures.items()}
 
-    report = {"machine": {"cpu_count": os.cpu_count()}, "args": vars(args)}
-    for title, part in parts.items():
-        rows = summarise({name: [runs[(config, tuple(opts), seed)] for seed in seeds[title]]
-                          for name, (config, opts) in part.items()})
-        report[title] = rows
-        recipe = f", {args.ladder_recipe} recipe" if title == "ablation" else ""
-        print_table(f"{title} ({args.dataset}, {args.epochs} epochs, seeds {seeds[title]}{recipe})", rows)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
-    print(f"wrote {args.out}")
+    for suite, suite_rows in rows.items():
+        summary = summarise({name: (config, [runs[(config, seed)] for seed in seeds])
+                             for name, config in suite_rows.items()})
+        title = f"{suite} ({args.dataset}, {args.epochs} epochs, seeds {seeds}{', bf16' if args.bf16 else ''})"
+        print_table(title, summary)
+        out = args.out or os.path.join(ROOT, "results", f"accuracy_{suite}{'_bf16' if args.bf16 else ''}.json")
+        scsn.results.write(out, scsn.results.record({
+            "benchmark": "accuracy", "suite": suite, "dataset": args.dataset, "epochs": args.epochs, "seeds": seeds,
+            "bf16": args.bf16, "threads_per_run": args.threads, "jobs": args.jobs, "rows": summary}))
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

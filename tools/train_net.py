@@ -13,12 +13,14 @@ atomic to write and safe to load. The Trainer swaps in:
 
 Bad input stops with one line (``scsn.checks.InputError``) instead of a traceback.
 """
+import json
 import os
 import sys
 
 import torch.multiprocessing as mp
 
 import scsn
+import scsn.results
 from fastreid.config import get_cfg
 from fastreid.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from fastreid.utils.checkpoint import Checkpointer
@@ -83,6 +85,15 @@ def setup(args):
     return cfg
 
 
+def save_results(cfg, results):
+    """The last evaluation's metrics as ``OUTPUT_DIR/eval_results.json``, for scripts (fast-reid's metrics.json
+    skips the final evaluation: its JSONWriter drops scalars put at an iteration it has already written)."""
+    if comm.is_main_process() and results:
+        scsn.results.write(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), json.loads(json.dumps(
+            results, default=float)))
+    return results
+
+
 def main(args):
     try:
         cfg = setup(args)
@@ -96,11 +107,11 @@ def main(args):
             checkpointer = Checkpointer(model)
             checkpointer.strict = True  # never evaluate a model that the checkpoint fills only in part
             checkpointer.load(cfg.MODEL.WEIGHTS)
-            return Trainer.test(cfg, model)
+            return save_results(cfg, Trainer.test(cfg, model))
 
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=args.resume)
-        return trainer.train()
+        return save_results(cfg, trainer.train())
     except InputError as e:
         sys.exit(f"error: {e}")
 

@@ -43,12 +43,12 @@ def set_stage_stride(stage: nn.Sequential, stride: int) -> None:
 
 def check_scsn_backbone(stage3_stride: int, attention_mode: str, reduction: int, spatial_kernel: int,
                         fusion_stages: Sequence[int], key_channels: int, value_channels: int,
-                        pool_bins: Sequence[int]) -> None:
+                        pool_bins: Sequence[int], fusion_merge: str) -> None:
     """Validate the SCSN backbone keys before anything is built (or ImageNet weights are fetched)."""
     if stage3_stride not in (1, 2):
         raise ValueError(f"MODEL.BACKBONE.STAGE3_STRIDE must be 1 or 2, got {stage3_stride}.")
     check_attention(attention_mode, reduction, spatial_kernel)
-    check_fusion(fusion_stages, key_channels, value_channels, pool_bins)
+    check_fusion(fusion_stages, key_channels, value_channels, pool_bins, fusion_merge)
 
 
 class SCSNResNet(nn.Module):
@@ -67,12 +67,13 @@ class SCSNResNet(nn.Module):
             key_channels: int = 256,
             value_channels: int = 2048,
             pool_bins: Sequence[int] = (1, 3, 6, 8),
+            fusion_merge: str = "add",
             norm: str = "BN",
     ):
         """resnet: a fast-reid ResNet (already holding its pretrained weights), adopted module by module."""
         super().__init__()
         check_scsn_backbone(stage3_stride, attention_mode, reduction, spatial_kernel, fusion_stages, key_channels,
-                            value_channels, pool_bins)
+                            value_channels, pool_bins, fusion_merge)
         self.conv1 = resnet.conv1
         self.bn1 = resnet.bn1
         self.relu = resnet.relu
@@ -104,6 +105,7 @@ class SCSNResNet(nn.Module):
             key_channels=key_channels,
             value_channels=value_channels,
             pool_bins=pool_bins,
+            merge=fusion_merge,
             norm=norm,
         ) if fusion_stages else None
 
@@ -112,7 +114,7 @@ class SCSNResNet(nn.Module):
         backbone = cfg.MODEL.BACKBONE
         check_scsn_backbone(backbone.STAGE3_STRIDE, backbone.RDAM.MODE, backbone.RDAM.REDUCTION,
                             backbone.RDAM.SPATIAL_KERNEL, backbone.NMFF.STAGES, backbone.NMFF.KEY_CHANNELS,
-                            backbone.NMFF.VALUE_CHANNELS, backbone.NMFF.POOL_BINS)
+                            backbone.NMFF.VALUE_CHANNELS, backbone.NMFF.POOL_BINS, backbone.NMFF.MERGE)
         if backbone.DEPTH not in DEPTHS:
             raise ValueError(f"MODEL.BACKBONE.DEPTH must be one of {list(DEPTHS)}, got {backbone.DEPTH!r}.")
         return {
@@ -125,6 +127,7 @@ class SCSNResNet(nn.Module):
             "key_channels": backbone.NMFF.KEY_CHANNELS,
             "value_channels": backbone.NMFF.VALUE_CHANNELS,
             "pool_bins": list(backbone.NMFF.POOL_BINS),
+            "fusion_merge": backbone.NMFF.MERGE,
             "norm": backbone.NORM,
         }
 

@@ -28,6 +28,9 @@ def add_scsn_config(cfg):
     _C.MODEL.BACKBONE.NMFF.KEY_CHANNELS = 256
     # Bins of the pyramid average pooling of keys and values (Fig. 3): S = sum(b * b) sampled positions.
     _C.MODEL.BACKBONE.NMFF.POOL_BINS = [1, 3, 6, 8]
+    # How F_f (eq. 5) joins the stage-4 map F_4: "add" (F_4 + F_f), "add_relu" (ReLU(F_4 + F_f)), "bn_add"
+    # (F_4 + BN(F_f), BN at zero scale).
+    _C.MODEL.BACKBONE.NMFF.MERGE = "add"
 
     # Salient Feature Extraction unit, §3.3, and cascaded suppression, §3.4.
     # Apply the SFE unit in each stage (eq. 8); False gives the plain global-branch baseline of Table 5.

@@ -2,10 +2,21 @@
 
 For every fused low-level stage l an asymmetric non-local block (ANN's AFNB, Zhu et al. ICCV 2019) lets each
 position of the stage-4 map F_h gather context from the pyramid-pooled stage-l map F_l (eqs. 3-4). The fused maps
-of all chosen stages are concatenated and reduced by a 1x1 conv kappa (eq. 5), added to F_h as a residual. kappa
-starts at zero, so the block is exactly the identity at init and leaves the pretrained features undisturbed.
+of all chosen stages are concatenated and reduced by a 1x1 conv kappa (eq. 5) to F_f.
+
+Eq. 5 defines F_f but not how it joins the stage-4 map the head reads; ANN's AFNB adds its context to F_h. Three
+readings, ``MODEL.BACKBONE.NMFF.MERGE``:
+
+* ``add``: ``F_h + F_f``. F_h is a ReLU output (>= 0) but F_f is unbounded, so the sum can go negative; trained
+  SCSN-R18 models turn most of their map negative this way (README, "NMFF's sign").
+* ``add_relu``: ``ReLU(F_h + F_f)``, ending the block as a residual block ends, so the head reads a non-negative
+  map as with no NMFF.
+* ``bn_add``: ``F_h + BN(F_f)``, the BN initialised to zero scale and shift (fast-reid's non-local ``W_z``).
+
+``add`` and ``add_relu`` start kappa at zero, ``bn_add`` the BN: every reading is exactly the identity at init and
+leaves the pretrained features undisturbed.
 """
-from typing import List, Sequence
+from typing import Iterator, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -15,9 +26,11 @@ from fastreid.config import configurable
 from fastreid.layers import get_norm
 
 FUSIBLE_STAGES = (1, 2, 3)
+MERGES = ("add", "add_relu", "bn_add")
 
 
-def check_fusion(stages: Sequence[int], key_channels: int, value_channels: int, pool_bins: Sequence[int]) -> None:
+def check_fusion(stages: Sequence[int], key_channels: int, value_channels: int, pool_bins: Sequence[int],
+                 merge: str = "add") -> None:
     """Validate the MODEL.BACKBONE.NMFF keys; ``stages`` may be empty (NMFF off)."""
     if any(s not in FUSIBLE_STAGES for s in stages) or len(set(stages)) != len(stages):
         raise ValueError(
@@ -33,6 +46,8 @@ def check_fusion(stages: Sequence[int], key_channels: int, value_channels: int, 
         raise ValueError(
             f"MODEL.BACKBONE.NMFF.POOL_BINS must be a non-empty list of sizes >= 1, got {list(pool_bins)}."
         )
+    if merge not in MERGES:
+        raise ValueError(f"MODEL.BACKBONE.NMFF.MERGE must be one of {list(MERGES)}, got {merge!r}.")
 
 
 def pyramid_pool(x: torch.Tensor, bins: Sequence[int]) -> torch.Tensor:
@@ -91,7 +106,8 @@ class AsymmetricNonLocal(nn.Module):
 
 
 class MultiStageFusion(nn.Module):
-    """The NMFF block, eq. 5: ``F_h + kappa(cat(F^{hl_1}, ..., F^{hl_n}))`` over the fused stages."""
+    """The NMFF block, eq. 5: ``F_f = kappa(cat(F^{hl_1}, ..., F^{hl_n}))`` over the fused stages, merged into F_h as
+    ``merge`` says (module docstring)."""
 
     @configurable
     def __init__(
@@ -102,11 +118,12 @@ class MultiStageFusion(nn.Module):
             key_channels: int,
             value_channels: int,
             pool_bins: Sequence[int] = (1, 3, 6, 8),
+            merge: str = "add",
             norm: str = "BN",
     ):
         """stage_channels: channels of ResNet stages 1-4; stages: the low-level stages (1-3) fused into stage 4."""
         super().__init__()
-        check_fusion(stages, key_channels, value_channels, pool_bins)
+        check_fusion(stages, key_channels, value_channels, pool_bins, merge)
         if not stages:
             raise ValueError("MODEL.BACKBONE.NMFF.STAGES is empty: NMFF is off, so build no MultiStageFusion.")
         self.stages = tuple(sorted(stages))
@@ -115,10 +132,18 @@ class MultiStageFusion(nn.Module):
             AsymmetricNonLocal(high_channels, stage_channels[s - 1], key_channels, value_channels, pool_bins, norm)
             for s in self.stages
         ])
-        self.kappa = nn.Conv2d(len(self.stages) * value_channels, high_channels, kernel_size=1)
-        # Zero kappa: the block starts as the identity on the (pretrained) stage-4 map.
-        nn.init.zeros_(self.kappa.weight)
-        nn.init.zeros_(self.kappa.bias)
+        self.merge = merge
+        # A bias before the BN would be cancelled by it.
+        self.kappa = nn.Conv2d(len(self.stages) * value_channels, high_channels, kernel_size=1,
+                               bias=merge != "bn_add")
+        # Zero kappa, or the zero-scale BN after it: the block starts as the identity on the stage-4 map.
+        if merge == "bn_add":
+            self.norm = get_norm(norm, high_channels)
+            nn.init.zeros_(self.norm.weight)
+            nn.init.zeros_(self.norm.bias)
+        else:
+            nn.init.zeros_(self.kappa.weight)
+            nn.init.zeros_(self.kappa.bias)
 
     @classmethod
     def from_config(cls, cfg, stage_channels: Sequence[int]):
@@ -129,22 +154,35 @@ class MultiStageFusion(nn.Module):
             "key_channels": nmff.KEY_CHANNELS,
             "value_channels": nmff.VALUE_CHANNELS,
             "pool_bins": list(nmff.POOL_BINS),
+            "merge": nmff.MERGE,
             "norm": cfg.MODEL.BACKBONE.NORM,
         }
 
-    def forward(self, features: List[torch.Tensor]) -> torch.Tensor:
-        """features: the maps of stages 1-4, stage 4 (B, C_h, H_h, W_h) last -> F_f: (B, C_h, H_h, W_h).
+    def stage_terms(self, features: List[torch.Tensor]) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """Per fused stage l, the two factors of its share of F_f (bias aside): ``(K_l F_v,l, M_l^T)``, (B, C_h, S)
+        and (B, S, N_h), with K_l kappa's weight columns of stage l.
 
-        kappa is linear, so ``kappa(cat_l(F_v,l M_l^T)) = b + sum_l (K_l F_v,l) M_l^T`` with K_l kappa's weight columns
-        of stage l: projecting the S pooled values before the attention, rather than the H_h x W_h fused positions
-        after it, gives the same map for fewer multiply-adds (S = 110 < H_h x W_h = 192 at 384x128).
+        kappa is linear, so ``kappa(cat_l(F_v,l M_l^T)) = b + sum_l (K_l F_v,l) M_l^T``: projecting the S pooled values
+        before the attention, rather than the H_h x W_h fused positions after it, gives the same map for fewer
+        multiply-adds (S = 110 < H_h x W_h = 192 at 384x128).
         """
         high = features[3]
-        b, c, h, w = high.shape
         weights = self.kappa.weight.flatten(1).split(self.kappa.in_channels // len(self.stages), dim=1)  # K_l
-        out = high.flatten(2) + self.kappa.bias[:, None]  # (B, C_h, N_h)
         for s, block, weight in zip(self.stages, self.non_local, weights):
             low = features[s - 1]
-            projected = weight @ block.pooled_value(low)  # (B, C_h, S)
-            out = torch.baddbmm(out, projected, block.attention(high, low).transpose(1, 2))
-        return out.reshape(b, c, h, w)
+            yield weight @ block.pooled_value(low), block.attention(high, low).transpose(1, 2)
+
+    def forward(self, features: List[torch.Tensor]) -> torch.Tensor:
+        """features: the maps of stages 1-4, stage 4 = F_h (B, C_h, H_h, W_h) last -> the merged map, same shape."""
+        high = features[3]
+        b, c, h, w = high.shape
+        if self.merge == "bn_add":
+            fused = None
+            for projected, attention in self.stage_terms(features):
+                fused = projected @ attention if fused is None else torch.baddbmm(fused, projected, attention)
+            return high + self.norm(fused.reshape(b, c, h, w))
+        out = high.flatten(2) + self.kappa.bias[:, None]  # (B, C_h, N_h): F_h + b, then F_f's terms added in place
+        for projected, attention in self.stage_terms(features):
+            out = torch.baddbmm(out, projected, attention)
+        out = out.reshape(b, c, h, w)
+        return torch.relu(out) if self.merge == "add_relu" else out
