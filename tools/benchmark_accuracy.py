@@ -109,7 +109,7 @@ def run(name, config, seed, args):
     if proc.returncode != 0:
         raise RuntimeError(f"{name} (seed {seed}) failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
     result = {**read_metrics(out_dir, args.dataset), "seed": seed, "seconds": round(time.time() - start),
-              "commit": scsn.results.git_commit(), "run_dir": os.path.relpath(out_dir, ROOT)}
+              "commit": scsn.results.git_commit(), "run_dir": os.path.relpath(out_dir, args.work_dir)}
     scsn.results.write(record_file, result)
     print(f"  {name:36s} seed {seed}: mAP {result['mAP']:.2f}  Rank-1 {result['Rank-1']:.2f}  "
           f"({result['seconds']} s)", flush=True)
