@@ -13,7 +13,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --no-deps fastreid==1.4.0
 	$(PY) -m pip install -e '.[dev,deploy]'  # deploy: ONNX export and its tests
-	$(PY) -c "import scsn.compat as c; c.build_cython_evaluator() or print('Cython ranking not built: Python ranking will be used')"
+	$(PY) -c "import scsn.fastreid_patches.compat as c; c.build_cython_evaluator() or print('Cython ranking not built: Python ranking will be used')"
 	touch $@
 
 install: $(VENV)/.installed

@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from scsn.extractor import setup_cfg
+from scsn.engine import build_config
 from fastreid.modeling import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,7 +17,7 @@ SMALL = ["INPUT.SIZE_TEST", "[64, 32]", "INPUT.SIZE_TRAIN", "[64, 32]", "MODEL.H
 
 
 def small_cfg(*opts):
-    return setup_cfg(CONFIG, SMALL + list(opts))
+    return build_config(CONFIG, SMALL + list(opts), inference=True)
 
 
 def perturb_stripe_choices(model, seed=0):
@@ -47,7 +47,7 @@ def make_checkpoint(directory, *opts, seed=0):
 
 
 def tiny_images(split="query"):
-    from scsn.cli import dataset_items
+    from scsn.engine.cli import dataset_items
 
     return [item[0] for item in dataset_items("SyntheticReIDTiny", split)]
 
@@ -61,7 +61,7 @@ def load_tool(name):
 
 
 def run_tool(name, *argv):
-    from scsn.cli import parse_args
+    from scsn.engine.cli import parse_args
 
     tool = load_tool(name)
     return tool.main(parse_args(tool.get_parser(), argv))

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from scsn.attention import ATTENTION_MODES, ChannelAttention, DualAttention, SpatialAttention
+from scsn.modeling.attention import ATTENTION_MODES, ChannelAttention, DualAttention, SpatialAttention
 
 
 def sigmoid(v):

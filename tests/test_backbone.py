@@ -5,8 +5,8 @@ import torchvision
 
 from fastreid.modeling.backbones import build_backbone
 from fastreid.modeling.backbones.resnet import build_resnet_backbone
-from scsn.attention import ATTENTION_MODES
-from scsn.backbone import SCSNResNet, build_scsn_resnet_backbone
+from scsn.modeling.attention import ATTENTION_MODES
+from scsn.modeling.backbone import SCSNResNet, build_scsn_resnet_backbone
 
 IMAGES = (2, 3, 64, 32)
 

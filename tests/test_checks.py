@@ -1,8 +1,8 @@
-"""Bad input gives one clear error: offline pretrained weights, unreadable images (scsn/checks.py)."""
+"""Bad input gives one clear error: offline pretrained weights, unreadable images (scsn/fastreid_patches/guards.py)."""
 import pytest
 import torch
 
-from scsn.checks import PretrainedWeightsError, UnreadableImageError
+from scsn.errors import PretrainedWeightsError, UnreadableImageError
 
 
 def test_offline_pretrained_download_says_how_to_set_pretrain_path(cfg, tmp_path, monkeypatch):

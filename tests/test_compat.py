@@ -1,4 +1,5 @@
-"""Each patch of scsn/compat.py against the breakage it mends (shared/notes/fastreid-1.4.0-compat.md)."""
+"""Each patch of scsn/fastreid_patches/compat.py against the breakage it mends (docs/fastreid_1.4.0.md, numbered
+there)."""
 import collections
 import importlib
 import logging
@@ -10,7 +11,8 @@ import torch
 from PIL import Image
 
 import scsn
-from scsn import compat
+from scsn.engine.defaults import resolve_device
+from scsn.fastreid_patches import compat
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only patch")
 
@@ -155,7 +157,7 @@ def test_cuda_config_runs_on_cpu_with_one_warning(cfg):
     cfg.SOLVER.AMP.ENABLED = True
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        compat.resolve_device(cfg)
+        resolve_device(cfg)
     assert len(caught) == 1 and "MODEL.DEVICE" in str(caught[0].message)
     assert cfg.MODEL.DEVICE == "cpu" and not cfg.SOLVER.AMP.ENABLED
 
@@ -163,7 +165,7 @@ def test_cuda_config_runs_on_cpu_with_one_warning(cfg):
 def test_resolve_device_leaves_a_cpu_config_alone(cfg):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        compat.resolve_device(cfg)
+        resolve_device(cfg)
     assert cfg.MODEL.DEVICE == "cpu"
 
 

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from fastreid.data.datasets import DATASET_REGISTRY, CUHK03, DukeMTMC, Market1501, MSMT17
-from scsn.checks import DatasetNotFoundError
-from scsn.datasets import CUHK03Detected
+from scsn.errors import DatasetNotFoundError
+from scsn.data.datasets import CUHK03Detected
 
 
 def touch_jpegs(folder, names):

@@ -1,4 +1,4 @@
-"""scsn.evaluation.ChunkedReidEvaluator against fast-reid's ReidEvaluator on the same predictions.
+"""scsn.evaluation.chunked.ChunkedReidEvaluator against fast-reid's ReidEvaluator on the same predictions.
 
 Most features here are +-1 vectors of dimension 64 (a random sign pattern per identity, each sign flipped
 with probability 0.3: a weak identity signal). Their norms are exactly 8, so every cosine and euclidean
@@ -18,7 +18,7 @@ from fastreid.evaluation import rank
 from fastreid.evaluation.query_expansion import aqe
 from fastreid.evaluation.reid_evaluation import ReidEvaluator
 from fastreid.utils.compute_dist import build_dist
-from scsn.evaluation import (
+from scsn.evaluation.chunked import (
     MIN_BLOCK_ROWS, ChunkedReidEvaluator, QueryBlockDistance, aqe_blockwise, block_slices, valid_queries,
 )
 
@@ -180,7 +180,7 @@ def test_rerank_and_roc_fall_back_to_the_stock_evaluator(eval_cfg, caplog, key, 
     features, pids, camids = sign_predictions()
     features, pids, camids = features[:240], pids[:240], camids[:240]  # 40 queries, 200 gallery images
     expected = evaluate(ReidEvaluator(eval_cfg, 40), features, pids, camids)
-    with caplog.at_level(logging.INFO, logger="scsn.evaluation"):
+    with caplog.at_level(logging.INFO, logger="scsn.evaluation.chunked"):
         results = evaluate(ChunkedReidEvaluator(eval_cfg, 40), features, pids, camids)
     assert results == expected and set(extra) < set(results)
     assert key in caplog.text and "whole query x gallery distance matrix" in caplog.text

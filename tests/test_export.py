@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from inference_helpers import CONFIG, SMALL, make_checkpoint, run_tool, small_cfg, tiny_images
-from scsn.export import ExportError, compare, export_onnx, onnx_session
-from scsn.extractor import FeatureExtractor
+from scsn.inference.export import ExportError, compare, export_onnx, onnx_session
+from scsn.inference.extractor import FeatureExtractor
 
 HEIGHT, WIDTH = 64, 32
 

@@ -10,8 +10,7 @@ from PIL import Image
 
 from inference_helpers import CONFIG, SMALL, make_checkpoint, run_tool, small_cfg, tiny_images
 from scsn import FeatureExtractor
-from scsn.checks import UnreadableImageError
-from scsn.extractor import WeightsError
+from scsn.errors import CheckpointError, UnreadableImageError
 
 
 @pytest.fixture(scope="module")
@@ -54,19 +53,19 @@ def test_flip_test_averages_the_mirrored_image(checkpoint):
 
 def test_bad_input_stops_with_a_clear_message(tmp_path, checkpoint):
     path, _ = checkpoint
-    with pytest.raises(WeightsError, match="MODEL.WEIGHTS 'nope.pth' is not a file"):
+    with pytest.raises(CheckpointError, match="MODEL.WEIGHTS 'nope.pth' is not a file"):
         FeatureExtractor(CONFIG, "nope.pth", opts=SMALL)
-    with pytest.raises(WeightsError, match="No weights given"):
+    with pytest.raises(CheckpointError, match="No weights given"):
         FeatureExtractor(CONFIG, opts=SMALL)
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError, match="Cannot read the checkpoint"):
+    with pytest.raises(CheckpointError, match="junk.pth' is truncated or corrupt"):
         FeatureExtractor(CONFIG, str(tmp_path / "junk.pth"), opts=SMALL)
     # A config that builds another model: 4 cascade stages where the checkpoint has 3 (the fourth stage's SFE, GeM
-    # exponent, BN neck and classifier: 13 tensors).
-    with pytest.raises(WeightsError, match=r"does not fit the model this config builds: missing 13 .*heads\.sfe\.3"
-                                           r".*config\.yaml"):
+    # exponent and BN neck: 10 tensors; its classifier is empty in a config built for inference).
+    with pytest.raises(CheckpointError, match=r"(?s)does not match the model built from the config:\n  10 tensors of the "
+                                           r"model are not in the checkpoint:.*heads\.sfe\.3.*config\.yaml"):
         FeatureExtractor(CONFIG, path, opts=SMALL + ["MODEL.HEADS.NUM_STAGES", "4"])
-    with pytest.raises(WeightsError, match=r"another shape .*heads\.stage_heads\.0\.bottleneck\.0\.weight"):
+    with pytest.raises(CheckpointError, match=r"another shape:\n    heads\.stage_heads\.0\.bottleneck\.0\.weight"):
         FeatureExtractor(CONFIG, path, opts=SMALL + ["MODEL.HEADS.EMBEDDING_DIM", "128"])
 
     extractor = FeatureExtractor(CONFIG, path, opts=SMALL, progress=False)

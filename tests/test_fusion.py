@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scsn.fusion import AsymmetricNonLocal, MultiStageFusion, pyramid_pool
+from scsn.modeling.fusion import AsymmetricNonLocal, MultiStageFusion, pyramid_pool
 
 STAGE_CHANNELS = [4, 6, 8, 10]
 

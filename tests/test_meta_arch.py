@@ -8,8 +8,8 @@ from fastreid.modeling.backbones import BACKBONE_REGISTRY, build_backbone
 from fastreid.modeling.losses import cross_entropy_loss, triplet_loss
 from fastreid.modeling.meta_arch import build_model
 from fastreid.utils.events import EventStorage
-from scsn.meta_arch import SCSN, resnet_feature_height
-from scsn.suppression import CascadedSuppressionHead
+from scsn.modeling.meta_arch import SCSN, resnet_feature_height
+from scsn.modeling.suppression import CascadedSuppressionHead
 
 TARGETS = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
 

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from inference_helpers import CONFIG, ROOT, SMALL, make_checkpoint, run_tool, tiny_images
-from scsn.retrieval import GalleryIndex, ivfpq_defaults, neighbour_recall
-from scsn.visualize import CAPTION, GAP, GREEN, RED, ranked_lists
+from scsn.inference.retrieval import GalleryIndex, ivfpq_defaults, neighbour_recall
+from scsn.visualization.pictures import CAPTION, GAP, GREEN, RED, ranked_lists
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +37,11 @@ def test_visualize_ranks_marks_matches(tmp_path, checkpoint, model, capsys):
         config, opts = CONFIG, [*SMALL, "MODEL.WEIGHTS", checkpoint[0]]
     else:
         from fastreid.modeling import build_model
-        from scsn.extractor import setup_cfg
+        from scsn.engine import build_config
 
         config = f"{ROOT}/configs/Synthetic/bagtricks_r18.yml"
         opts = ["MODEL.DEVICE", "cpu", "INPUT.SIZE_TEST", "[64, 32]", "DATASETS.TESTS", "('SyntheticReIDTiny',)"]
-        torch.save({"model": build_model(setup_cfg(config, opts)).state_dict()}, tmp_path / "bot.pth")
+        torch.save({"model": build_model(build_config(config, opts, inference=True)).state_dict()}, tmp_path / "bot.pth")
         opts += ["MODEL.WEIGHTS", str(tmp_path / "bot.pth")]
     lists = run_tool("visualize_ranks", "--config-file", config, "--num-queries", "3", "--top-k", "5",
                      "--output", str(tmp_path / "ranks"), *opts)
@@ -64,7 +64,7 @@ def test_visualize_ranks_marks_matches(tmp_path, checkpoint, model, capsys):
 
 
 def tiny_images_with_pids():
-    from scsn.cli import dataset_items
+    from scsn.engine.cli import dataset_items
 
     return dataset_items("SyntheticReIDTiny", "gallery")
 

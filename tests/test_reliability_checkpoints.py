@@ -18,9 +18,9 @@ from fastreid.modeling import build_model
 from fastreid.solver import build_lr_scheduler, build_optimizer
 from fastreid.utils.checkpoint import Checkpointer
 
-from scsn.checkpoint import (CheckpointMismatchError, CorruptCheckpointError, UnsafeCheckpointError,
+from scsn.fastreid_patches.checkpoint import (CheckpointMismatchError, CorruptCheckpointError, UnsafeCheckpointError,
                              load_checkpoint_file, restore_best_metric)
-from scsn.sampling import ResumableSampler
+from scsn.data.sampling import ResumableSampler
 from fastreid.data.samplers import TrainingSampler
 from test_train_net import train_net
 

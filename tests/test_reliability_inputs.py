@@ -1,5 +1,5 @@
 """The bad-input matrix of README.md ("Reliability"): each row gives one clear error or a documented recovery
-(scsn/checks.py, scsn/sampling.py, scsn/compat.py). Rows tested elsewhere: a missing dataset folder
+(scsn/fastreid_patches/guards.py, scsn/data/sampling.py, scsn/fastreid_patches/compat.py). Rows tested elsewhere: a missing dataset folder
 (test_datasets.py), offline pretrained weights (test_checks.py), a checkpoint of another model and unsafe
 checkpoints (test_reliability_checkpoints.py)."""
 import io
@@ -21,9 +21,10 @@ from fastreid.engine.train_loop import SimpleTrainer
 from fastreid.modeling import build_model
 from fastreid.utils.events import CommonMetricPrinter, EventStorage
 
-from scsn import sampling
-from scsn.checks import (ConfigError, DatasetNotFoundError, EmptySplitError, InputError, NonFiniteLossError,
-                         UnreadableImageError, load_config)
+from scsn.data import sampling
+from scsn.engine.defaults import merge_config as load_config
+from scsn.errors import (ConfigError, DatasetNotFoundError, EmptySplitError, InputError, NonFiniteLossError,
+                         UnreadableImageError)
 from test_datasets import touch_jpegs
 from test_train_net import train_net
 

@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 
 from inference_helpers import CONFIG, ROOT, SMALL, make_checkpoint, run_tool, tiny_images
-from scsn.extractor import FeatureExtractor
-from scsn.saliency import compute_saliency, default_blocks, record_attention, suppressed_after
-from scsn.visualize import CAPTION, GAP, GREY, RED, saliency_picture
+from scsn.inference.extractor import FeatureExtractor
+from scsn.visualization.saliency import compute_saliency, default_blocks, record_attention, suppressed_after
+from scsn.visualization.pictures import CAPTION, GAP, GREY, RED, saliency_picture
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +78,9 @@ def test_tool_writes_one_png_per_image(tmp_path, checkpoint, capsys):
 
 def bot_checkpoint(directory):
     from fastreid.modeling import build_model
-    from scsn.extractor import setup_cfg
+    from scsn.engine import build_config
 
-    cfg = setup_cfg(f"{ROOT}/configs/Synthetic/bagtricks_r18.yml", ["MODEL.DEVICE", "cpu"])
+    cfg = build_config(f"{ROOT}/configs/Synthetic/bagtricks_r18.yml", ["MODEL.DEVICE", "cpu"], inference=True)
     path = str(directory / "bot.pth")
     torch.save({"model": build_model(cfg).state_dict()}, path)
     return path

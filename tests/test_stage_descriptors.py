@@ -1,14 +1,9 @@
-"""tools/stage_descriptors.py: the descriptor variants by hand, and fast-reid's ranking on a case with a known answer."""
-import os
-import sys
-
+"""scsn/analysis/stages.py: the descriptor variants by hand, and fast-reid's ranking on a case with a known answer."""
 import numpy as np
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import stage_descriptors  # noqa: E402
+from scsn.analysis import stages as stage_descriptors
 
 
 def test_variants_by_hand():

@@ -1,4 +1,4 @@
-"""tools/stripe_statistics.py: the per-stage entropy and suppression counts, by hand and end to end."""
+"""scsn/analysis/stripes.py and tools/stripe_statistics.py: the per-stage entropy and suppression counts, by hand and end to end."""
 import json
 import math
 import os
@@ -10,11 +10,10 @@ import torch
 
 from fastreid.modeling import build_model
 from fastreid.utils.checkpoint import Checkpointer
-from scsn.suppression import CascadeStage
+from scsn.analysis import stripes as stripe_statistics
+from scsn.modeling.suppression import CascadeStage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import stripe_statistics  # noqa: E402
 
 
 def test_entropy_and_argmax_counts_by_hand():

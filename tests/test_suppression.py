@@ -6,7 +6,7 @@ import torch
 
 from fastreid.layers.pooling import GlobalAvgPool, GlobalMaxPool
 from fastreid.modeling.heads import build_heads
-from scsn.suppression import CascadedSuppressionHead, SalientFeatureExtraction
+from scsn.modeling.suppression import CascadedSuppressionHead, SalientFeatureExtraction
 
 
 def make_head(num_stages=3, num_stripes=4, suppress_stripes=1, with_sfe=True, feat_dim=4, embedding_dim=0,
@@ -199,7 +199,7 @@ def test_head_rejects_height_not_divisible_by_stripes():
 
 
 def stage_head(embedding_dim, neck_feat, head_cls=None):
-    from scsn.suppression import StageEmbeddingHead
+    from scsn.modeling.suppression import StageEmbeddingHead
 
     torch.manual_seed(4)
     return (head_cls or StageEmbeddingHead)(

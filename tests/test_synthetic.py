@@ -12,8 +12,8 @@ from PIL import Image
 
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.datasets.market1501 import Market1501
-from scsn import synthetic
-from scsn.synthetic import SyntheticReID, SyntheticReIDBench, SyntheticReIDTiny
+from scsn.data import synthetic
+from scsn.data.synthetic import SyntheticReID, SyntheticReIDBench, SyntheticReIDTiny
 
 MARKET_NAME = re.compile(r"(-1|\d{4})_c[1-6]s\d_\d{6}_\d{2}\.jpg")
 SIZES = (SyntheticReIDTiny, SyntheticReID, SyntheticReIDBench)
@@ -130,7 +130,7 @@ def test_split_protocol_of_every_size(cls):
 
 def test_second_construction_reuses_the_files(tmp_path, caplog):
     root = str(tmp_path)
-    with caplog.at_level(logging.INFO, logger="scsn.synthetic"):
+    with caplog.at_level(logging.INFO, logger="scsn.data.synthetic"):
         first = SyntheticReIDTiny(root=root)
         assert first.generated
         assert [r.getMessage() for r in caplog.records if "generated" in r.getMessage()] != []

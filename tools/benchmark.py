@@ -22,12 +22,13 @@ import time
 
 import torch
 
-import scsn
-from fastreid.config import get_cfg
+import scsn  # noqa: F401  (before any fastreid import)
 from fastreid.modeling import build_model
 from fastreid.solver import build_optimizer
 from fastreid.utils.events import EventStorage
 from torch.utils.flop_counter import FlopCounterMode
+
+from scsn.engine import build_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = {
@@ -43,16 +44,12 @@ NUM_CLASSES = 751  # Market-1501's training identities
 
 
 def load_cfg(config, size, device):
-    cfg = get_cfg()
-    scsn.add_scsn_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, config))
-    cfg.merge_from_list([
+    return build_config(os.path.join(ROOT, config), [
         "MODEL.BACKBONE.PRETRAIN", False, "MODEL.DEVICE", device, "MODEL.HEADS.NUM_CLASSES", NUM_CLASSES,
         "INPUT.SIZE_TRAIN", list(size), "INPUT.SIZE_TEST", list(size),
         # SBS and MGN freeze the backbone for their first iterations; time the steps of the whole run instead.
         "MODEL.FREEZE_LAYERS", [], "SOLVER.FREEZE_ITERS", 0,
     ])
-    return cfg
 
 
 class Case:

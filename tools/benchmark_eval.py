@@ -21,7 +21,6 @@ unless --force-stock.
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -56,10 +55,10 @@ def status_kib(field):
 
 def run_case(case):
     """In a fresh process: time one evaluator on one protocol; returns the case's JSON record."""
-    import scsn
-    from fastreid.config import get_cfg
+    import scsn  # noqa: F401  (before any fastreid import)
     from fastreid.evaluation import rank
     from fastreid.evaluation.reid_evaluation import ReidEvaluator
+    from scsn.engine import build_config
     from scsn.evaluation import ChunkedReidEvaluator
 
     p = PROTOCOLS[case["protocol"]]
@@ -73,9 +72,7 @@ def run_case(case):
         batch = pids[start:start + BATCH]
         features[start:start + BATCH] = prototypes[batch] + torch.randn(batch.numel(), dim, generator=g)
 
-    cfg = get_cfg()
-    scsn.add_scsn_config(cfg)
-    cfg.TEST.METRIC = case["metric"]
+    cfg = build_config(None, ["TEST.METRIC", case["metric"]])
     evaluator_class = ReidEvaluator if case["evaluator"] == "stock" else ChunkedReidEvaluator
     evaluator = evaluator_class(cfg, p["num_query"])
     for start in range(0, num, BATCH):
@@ -99,17 +96,6 @@ def run_case(case):
     }
 
 
-def machine():
-    import numpy
-
-    info = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "numpy": numpy.__version__,
-            "mem_total_GB": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9}
-    with open("/proc/cpuinfo") as f:
-        info["cpu"] = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), info["cpu"])
-    return info
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dim", type=int, nargs="+", default=[768], help="descriptor sizes (768: SCSN, 2048: BoT)")
@@ -120,7 +106,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force-stock", action="store_true",
                         help="run the stock evaluator whatever its memory estimate")
-    parser.add_argument("--out", default="bench/eval.json")
+    parser.add_argument("--out", default="results/eval.json")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -150,9 +136,9 @@ def main():
                 records.append(record)
 
     print_table(records)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"machine": machine(), "args": vars(args), "results": records}, f, indent=1)
+    import scsn.results
+
+    scsn.results.write(args.out, scsn.results.record({"benchmark": "eval", "results": records}))
     print(f"wrote {args.out}")
 
 
@@ -174,7 +160,6 @@ def print_table(records):
     headers = ["protocol", "dim", "evaluator", "evaluate() s", "peak RSS GB", "added by evaluate() GB",
                "Rank-1 / mAP", "same results as stock / note"]
     print(tabulate(rows, headers=headers, tablefmt="pipe"))
-    print(f"machine: {machine()}")
 
 
 if __name__ == "__main__":

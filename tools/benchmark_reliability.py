@@ -14,13 +14,11 @@ states and metrics equal? Every other kill lands while a checkpoint is being wri
 moment up to an epoch after the segment's first checkpoint (an iteration, an evaluation or a write); after
 each kill the checkpoint that last_checkpoint names must load.
 
-    python tools/benchmark_reliability.py distributed          # bench/reliability_distributed.json
-    python tools/benchmark_reliability.py kills --kills 6      # bench/reliability_kills.json
+    python tools/benchmark_reliability.py distributed          # results/reliability_distributed.json
+    python tools/benchmark_reliability.py kills --kills 6      # results/reliability_kills.json
 """
 import argparse
-import json
 import os
-import platform
 import random
 import signal
 import subprocess
@@ -30,93 +28,13 @@ import time
 
 import torch
 
-import scsn
+import scsn  # noqa: F401  (before any fastreid import)
+import scsn.results
+from scsn.analysis.distributed import (ROOT, SCSN_R18, SETTINGS, STAGE3_STRIDE_2, IDENTITIES, INSTANCES,
+                                       compare_gradients, distributed_against_one_process)
+from scsn.fastreid_patches.checkpoint import load_checkpoint_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCSN_R18 = os.path.join(ROOT, "configs", "Synthetic", "scsn_r18.yml")
-CE = ["MODEL.LOSSES.NAME", '("CrossEntropyLoss",)']
-SYNC_BN = ["MODEL.BACKBONE.NORM", "syncBN", "MODEL.HEADS.NORM", "syncBN"]
-# Half the backbone's cost of the paper's stride 1, and nothing measured here depends on it.
-STAGE3_STRIDE_2 = ["MODEL.BACKBONE.STAGE3_STRIDE", "2"]
-SETTINGS = {  # name: config overrides on top of scsn_r18.yml
-    "cross-entropy, SyncBN": CE + SYNC_BN,
-    "cross-entropy, BN": CE,
-    "cross-entropy + triplet, SyncBN": SYNC_BN,
-    "cross-entropy + triplet, BN (the recipe's losses)": [],
-}
-IDENTITIES, INSTANCES = 4, 4
-
-
-def step_gradients(jobs):
-    """In every process: for each job (overrides, dtype name, output path), build SCSN-R18 (seed 0), wrap it in
-    DDP when there are several processes, run forward and backward on this process's share of a fixed random
-    global batch, and on rank 0 save the parameters' gradients to the job's path."""
-    from fastreid.config import get_cfg
-    from fastreid.modeling import build_model
-    from fastreid.utils import comm
-    from fastreid.utils.events import EventStorage
-
-    world, rank = comm.get_world_size(), comm.get_rank()
-    for opts, dtype_name, out in jobs:
-        dtype = getattr(torch, dtype_name)
-        cfg = get_cfg()
-        scsn.add_scsn_config(cfg)
-        cfg.merge_from_file(SCSN_R18)
-        cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.HEADS.NUM_CLASSES", str(IDENTITIES), *STAGE3_STRIDE_2,
-                             *opts])
-        torch.manual_seed(0)
-        model = build_model(cfg).to(dtype).train()
-        batch = IDENTITIES * INSTANCES
-        # Drawn in float32 for every dtype, so that the float64 runs see the same images.
-        images = torch.rand(batch, 3, *cfg.INPUT.SIZE_TRAIN, generator=torch.Generator().manual_seed(1))
-        images = (images * 255).to(dtype)
-        targets = torch.arange(IDENTITIES).repeat_interleave(INSTANCES)
-        share = slice(rank * batch // world, (rank + 1) * batch // world)
-        wrapped = scsn.compat.CpuDistributedDataParallel(model, broadcast_buffers=False) if world > 1 else model
-        with EventStorage(0):
-            losses = wrapped({"images": images[share].clone(), "targets": targets[share]})
-        sum(losses.values()).backward()
-        if rank == 0:
-            torch.save({"grad": {k: p.grad for k, p in model.named_parameters() if p.grad is not None},
-                        "running": {k: b for k, b in model.named_buffers() if "running" in k}}, out)
-
-
-def compare_gradients(reference, distributed):
-    """{relative, max_abs_diff, max_grad, worst_tensor, worst_tensor_relative} of two gradient dicts, and
-    running_stats_max_abs_diff of the BN running statistics after the step's forward pass."""
-    running = max((reference["running"][k] - distributed["running"][k]).abs().max().item()
-                  for k in reference["running"])
-    reference, distributed = reference["grad"], distributed["grad"]
-    per_tensor = {k: ((reference[k] - distributed[k]).abs().max().item(), reference[k].abs().max().item())
-                  for k in reference}
-    max_diff = max(d for d, _ in per_tensor.values())
-    max_grad = max(g for _, g in per_tensor.values())
-    worst = max(per_tensor, key=lambda k: per_tensor[k][0] / (per_tensor[k][1] or 1.0))
-    return {
-        "relative": max_diff / max_grad,
-        "max_abs_diff": max_diff,
-        "max_grad": max_grad,
-        "worst_tensor": worst,
-        "worst_tensor_relative": per_tensor[worst][0] / (per_tensor[worst][1] or 1.0),
-        "running_stats_max_abs_diff": running,
-    }
-
-
-def distributed_against_one_process(cases, workdir):
-    """cases: [(overrides, dtype name)] -> one compare_gradients dict per case: each case's gradients in this
-    process (one process, no process group) and in 2 processes launched by fast-reid's ``launch``."""
-    from fastreid.engine import launch
-
-    reference_jobs, distributed_jobs = [], []
-    for i, (opts, dtype) in enumerate(cases):
-        reference_jobs.append((opts, dtype, os.path.join(workdir, f"one_{i}.pt")))
-        distributed_jobs.append((opts, dtype, os.path.join(workdir, f"two_{i}.pt")))
-    step_gradients(reference_jobs)
-    launch(step_gradients, 2, dist_url="auto", args=(distributed_jobs,))
-    return [compare_gradients(torch.load(one, weights_only=True), torch.load(two, weights_only=True))
-            for (_, _, one), (_, _, two) in zip(reference_jobs, distributed_jobs)]
-
-
 def run_distributed(args):
     cases = [(name, dtype) for name in SETTINGS for dtype in ("float64", "float32")]
     with tempfile.TemporaryDirectory() as workdir:
@@ -164,7 +82,8 @@ def same_state(a, b):
 
 
 def writing_since(folder, since):
-    """A temporary checkpoint file (scsn/checkpoint.py atomic_write) modified after ``since``, or None."""
+    """A temporary checkpoint file (scsn/fastreid_patches/checkpoint.py atomic_write) modified after ``since``, or
+    None."""
     for name in os.listdir(folder) if os.path.isdir(folder) else []:
         try:
             if name.endswith(".tmp") and os.path.getmtime(os.path.join(folder, name)) > since:
@@ -174,10 +93,12 @@ def writing_since(folder, since):
     return None
 
 
-def run_kills(args):
-    from scsn.checkpoint import load_checkpoint_file
-    from scsn.evaluation import logged_metrics
+def final_metrics(output_dir):
+    """The last evaluation's metrics, as tools/train_net.py wrote them."""
+    return scsn.results.load(os.path.join(output_dir, "eval_results.json"))
 
+
+def run_kills(args):
     rng = random.Random(args.seed)
     env = dict(os.environ)
     with tempfile.TemporaryDirectory() as workdir:
@@ -188,7 +109,7 @@ def run_kills(args):
                               text=True)
         assert done.returncode == 0, done.stderr[-3000:]
         uninterrupted_s = time.time() - start
-        expected = logged_metrics(done.stdout + done.stderr, "SyntheticReIDTiny")[-1]
+        expected = final_metrics(whole)
         epoch_s = uninterrupted_s / args.epochs
         kills, log = [], ""
         tag = os.path.join(part, "last_checkpoint")
@@ -226,7 +147,7 @@ def run_kills(args):
         result = {
             "epochs": args.epochs, "kills": len(kills), "kills_while_saving": during_save,
             "kill_points": kills, "same_final_state": same_state(a, b),
-            "same_final_metrics": logged_metrics(log, "SyntheticReIDTiny")[-1] == expected,
+            "same_final_metrics": final_metrics(part) == expected,
             "final_metrics": expected, "uninterrupted_run_s": round(uninterrupted_s, 1),
         }
     print("| kills (of which while writing a checkpoint) | final weights, optimizer, schedulers, run seed equal "
@@ -244,15 +165,11 @@ def main():
     kills.add_argument("--kills", type=int, default=6)
     kills.add_argument("--epochs", type=int, default=8)
     kills.add_argument("--seed", type=int, default=0, help="seed of the kill times")
-    parser.add_argument("--out", default=None, help="JSON path (default bench/reliability_<command>.json)")
+    parser.add_argument("--out", default=None, help="JSON path (default results/reliability_<command>.json)")
     args = parser.parse_args()
     result = {"distributed": run_distributed, "kills": run_kills}[args.command](args)
-    result["machine"] = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                         f"torch {torch.__version__}")
-    out = args.out or os.path.join(ROOT, "bench", f"reliability_{args.command}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1)
+    out = args.out or os.path.join(ROOT, "results", f"reliability_{args.command}.json")
+    scsn.results.write(out, scsn.results.record({"benchmark": f"reliability {args.command}", **result}))
     print(f"wrote {out}")
 
 

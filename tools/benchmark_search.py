@@ -4,14 +4,13 @@ gallery images, the queries its query images, all embedded by the given model. P
 
     tools/benchmark_search.py --config-file configs/Synthetic/scsn_r18.yml MODEL.WEIGHTS logs/demo/<run>/model_final.pth
 """
-import json
-import os
 import time
 
 import scsn  # noqa: F401  (before any fastreid import: compat patches and registrations)
-from scsn import cli
-from scsn.extractor import FeatureExtractor, setup_cfg
-from scsn.retrieval import GalleryIndex, neighbour_recall
+import scsn.results
+from scsn.engine import build_config, cli
+from scsn.inference.extractor import FeatureExtractor
+from scsn.inference.retrieval import GalleryIndex, neighbour_recall
 
 from tabulate import tabulate
 
@@ -24,13 +23,13 @@ def get_parser():
     p.add_argument("--nlist", type=int)
     p.add_argument("--m", type=int)
     p.add_argument("--nbits", type=int)
-    p.add_argument("--json", default="bench/search.json")
+    p.add_argument("--json", default="results/search.json")
     return p
 
 
 @cli.run
 def main(args):
-    cfg = setup_cfg(args.config_file, args.opts)
+    cfg = build_config(args.config_file, args.opts, inference=True)
     dataset = args.dataset or cfg.DATASETS.TESTS[0]
     database = [item[0] for split in ("train", "gallery") for item in cli.dataset_items(dataset, split)]
     queries = [item[0] for item in cli.dataset_items(dataset, "query")]
@@ -58,10 +57,10 @@ def main(args):
           f"{db_features.shape[1]}-d descriptors (embedded in {embed_s:.1f} s); IVF-PQ {settings} against the "
           "exact flat index")
     print(tabulate(rows, headers="keys", floatfmt=".3f", tablefmt="github"))
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"dataset": dataset, "database": len(database), "queries": len(queries),
-                   "dim": int(db_features.shape[1]), "ivfpq": settings, "rows": rows}, f, indent=1)
+    scsn.results.write(args.json, scsn.results.record({
+        "benchmark": "search", "config": args.config_file, "weights": cfg.MODEL.WEIGHTS, "dataset": dataset,
+        "database": len(database), "queries": len(queries), "dim": int(db_features.shape[1]), "ivfpq": settings,
+        "rows": rows}))
     return rows
 
 

@@ -9,9 +9,10 @@ import json
 import sys
 
 import scsn  # noqa: F401  (before any fastreid import: compat patches and registrations)
-from scsn import cli
-from scsn.export import ROUTES, compare, export_onnx, latency, onnx_session
-from scsn.extractor import load_model, setup_cfg
+from scsn.engine import cli
+from scsn.inference.export import ROUTES, compare, export_onnx, latency, onnx_session
+from scsn.engine import build_config, load_model
+from scsn.inference.extractor import to_pil
 
 import torch
 
@@ -38,7 +39,6 @@ def check_images(args, cfg) -> torch.Tensor:
         generator = torch.Generator().manual_seed(1)  # not the export input (seed 0)
         return torch.rand(2 * args.batch_size, 3, height, width, generator=generator) * 255
     from fastreid.data.transforms import build_transforms
-    from scsn.extractor import to_pil
 
     transform = build_transforms(cfg, is_train=False)
     return torch.stack([transform(to_pil(p)) for p in cli.collect_images(args.check_images)])
@@ -47,7 +47,7 @@ def check_images(args, cfg) -> torch.Tensor:
 @cli.run
 def main(args):
     cli.refuse_to_overwrite([args.output] + ([args.json] if args.json else []), args.overwrite)
-    cfg = setup_cfg(args.config_file, list(args.opts) + ["MODEL.DEVICE", "cpu"])
+    cfg = build_config(args.config_file, list(args.opts) + ["MODEL.DEVICE", "cpu"], inference=True)
     model = load_model(cfg)
     height, width = cfg.INPUT.SIZE_TEST
     export_onnx(model, args.output, height, width, route=args.route, opset=args.opset)

@@ -8,8 +8,8 @@ float32, L2-normalised, and ``paths`` (N,), in the same order.
 import numpy as np
 
 import scsn  # noqa: F401  (before any fastreid import: compat patches and registrations)
-from scsn import cli
-from scsn.extractor import FeatureExtractor
+from scsn.engine import cli
+from scsn.inference.extractor import FeatureExtractor
 
 
 def get_parser():

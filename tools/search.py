@@ -14,9 +14,9 @@ import os
 import sys
 
 import scsn  # noqa: F401  (before any fastreid import: compat patches and registrations)
-from scsn import cli
-from scsn.extractor import FeatureExtractor
-from scsn.retrieval import KINDS, GalleryIndex
+from scsn.engine import cli
+from scsn.inference.extractor import FeatureExtractor
+from scsn.inference.retrieval import KINDS, GalleryIndex
 
 
 def get_parser():

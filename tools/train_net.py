@@ -8,10 +8,11 @@ atomic to write and safe to load. The Trainer swaps in:
 * the chunked evaluator, which gives the stock evaluator's numbers without the whole query x gallery matrix;
 * a training loader whose batches and augmentations are a function of (seed, position in the stream), so that
   ``--resume`` continues as the uninterrupted run did and N processes train on the batches one process would
-  (scsn/sampling.py);
+  (scsn/data/sampling.py);
 * strict loading when resuming: a checkpoint that does not fill the model stops the run.
 
-Bad input stops with one line (``scsn.checks.InputError``) instead of a traceback.
+The last evaluation's metrics also go to ``OUTPUT_DIR/eval_results.json``. Bad input stops with one line
+(``scsn.errors.InputError``) instead of a traceback.
 """
 import json
 import os
@@ -21,17 +22,15 @@ import torch.multiprocessing as mp
 
 import scsn
 import scsn.results
-from fastreid.config import get_cfg
 from fastreid.engine import DefaultTrainer, default_argument_parser, default_setup, launch
-from fastreid.utils.checkpoint import Checkpointer
 from fastreid.utils import comm
 from fastreid.utils.env import seed_all_rng
 from fastreid.utils.logger import setup_logger
 
-from scsn import sampling
-from scsn.checkpoint import restore_best_metric
-from scsn.checks import InputError, load_config
+from scsn.data import sampling
+from scsn.engine import build_config, cli
 from scsn.evaluation import ChunkedReidEvaluator
+from scsn.fastreid_patches.checkpoint import load_weights, restore_best_metric
 
 
 class Trainer(DefaultTrainer):
@@ -58,26 +57,15 @@ class Trainer(DefaultTrainer):
             restore_best_metric(self)
 
 
-def refuse_to_overwrite(cfg, args):
-    """A new training run in an OUTPUT_DIR that holds checkpoints would overwrite them."""
-    if args.resume or args.eval_only or not os.path.isdir(cfg.OUTPUT_DIR):
-        return
-    kept = sorted(f for f in os.listdir(cfg.OUTPUT_DIR) if f.endswith(".pth") or f == "last_checkpoint")
-    if kept:
-        sys.exit(
-            f"OUTPUT_DIR {cfg.OUTPUT_DIR!r} already holds checkpoints of an earlier run ({', '.join(kept[:3])}"
-            f"{', ...' if len(kept) > 3 else ''}). Pass --resume to continue that run, or choose another folder "
-            "with `OUTPUT_DIR path/to/new/dir` at the end of the command."
-        )
-
-
 def setup(args):
-    cfg = get_cfg()
-    scsn.add_scsn_config(cfg)
-    load_config(cfg, args.config_file, args.opts)
-    scsn.compat.resolve_device(cfg)
-    refuse_to_overwrite(cfg, args)
-    cfg.freeze()
+    cfg = build_config(args.config_file, args.opts, inference=args.eval_only)
+    if not (args.resume or args.eval_only) and os.path.isdir(cfg.OUTPUT_DIR):
+        # A new training run would overwrite an earlier run's checkpoints.
+        kept = [os.path.join(cfg.OUTPUT_DIR, f) for f in sorted(os.listdir(cfg.OUTPUT_DIR))
+                if f.endswith(".pth") or f == "last_checkpoint"]
+        cli.refuse_to_overwrite(kept, how=f"OUTPUT_DIR {cfg.OUTPUT_DIR!r} holds an earlier run's checkpoints: pass "
+                                          "--resume to continue that run, or choose another folder with "
+                                          "`OUTPUT_DIR path/to/new/dir` at the end of the command")
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="scsn")
     if cfg.SEED >= 0:
@@ -89,31 +77,23 @@ def save_results(cfg, results):
     """The last evaluation's metrics as ``OUTPUT_DIR/eval_results.json``, for scripts (fast-reid's metrics.json
     skips the final evaluation: its JSONWriter drops scalars put at an iteration it has already written)."""
     if comm.is_main_process() and results:
-        scsn.results.write(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), json.loads(json.dumps(
-            results, default=float)))
+        scsn.results.write(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"),
+                           json.loads(json.dumps(results, default=float)))
     return results
 
 
+@cli.run
 def main(args):
-    try:
-        cfg = setup(args)
+    cfg = setup(args)
 
-        if args.eval_only:
-            if not os.path.isfile(cfg.MODEL.WEIGHTS):
-                sys.exit(f"--eval-only needs a checkpoint: MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r} is not a file.")
-            cfg.defrost()
-            cfg.MODEL.BACKBONE.PRETRAIN = False
-            model = Trainer.build_model(cfg)
-            checkpointer = Checkpointer(model)
-            checkpointer.strict = True  # never evaluate a model that the checkpoint fills only in part
-            checkpointer.load(cfg.MODEL.WEIGHTS)
-            return save_results(cfg, Trainer.test(cfg, model))
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        load_weights(model, cfg.MODEL.WEIGHTS)  # strict: never evaluate a model that the checkpoint fills in part
+        return save_results(cfg, Trainer.test(cfg, model))
 
-        trainer = Trainer(cfg)
-        trainer.resume_or_load(resume=args.resume)
-        return save_results(cfg, trainer.train())
-    except InputError as e:
-        sys.exit(f"error: {e}")
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return save_results(cfg, trainer.train())
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ framed green (same identity) or red, and a summary PNG with every chosen query, 
 import os
 
 import scsn  # noqa: F401  (before any fastreid import: compat patches and registrations)
-from scsn import cli
-from scsn.extractor import FeatureExtractor, setup_cfg
-from scsn.visualize import display_scale, ranked_list_picture, ranked_lists, save_png
+from scsn.engine import build_config, cli
+from scsn.inference.extractor import FeatureExtractor
+from scsn.visualization.pictures import display_scale, ranked_list_picture, ranked_lists, save_png
 
 import numpy as np
 from fastreid.evaluation.rank import evaluate_rank
@@ -40,9 +40,8 @@ def choose_queries(aps: np.ndarray, order: str, count: int) -> list:
 
 @cli.run
 def main(args):
-    if args.num_queries < 1 or args.top_k < 1:
-        raise ValueError(f"--num-queries and --top-k must be >= 1, got {args.num_queries} and {args.top_k}.")
-    cfg = setup_cfg(args.config_file, args.opts)
+    cli.check_positive(num_queries=args.num_queries, top_k=args.top_k)
+    cfg = build_config(args.config_file, args.opts, inference=True)
     dataset = args.dataset or cfg.DATASETS.TESTS[0]
     query, gallery = cli.dataset_items(dataset, "query"), cli.dataset_items(dataset, "gallery")
     cli.refuse_to_overwrite([os.path.join(args.output, "summary.png")], args.overwrite)  # before the slow part

@@ -10,10 +10,10 @@ boosted map Y^t with its stripe weights, the stripes already suppressed (hatched
 import os
 
 import scsn  # noqa: F401  (before any fastreid import: compat patches and registrations)
-from scsn import cli
-from scsn.extractor import load_model, setup_cfg, to_pil
-from scsn.saliency import check_saliency_model, compute_saliency, parse_blocks
-from scsn.visualize import saliency_picture, save_png
+from scsn.engine import cli
+from scsn.inference.extractor import to_pil
+from scsn.visualization.saliency import check_saliency_model, compute_saliency, parse_blocks
+from scsn.visualization.pictures import saliency_picture, save_png
 
 import torch
 from fastreid.data.transforms import build_transforms
@@ -36,8 +36,7 @@ def get_parser():
 
 @cli.run
 def main(args):
-    if args.num_images < 1:
-        raise ValueError(f"--num-images must be >= 1, got {args.num_images}.")
+    cli.check_positive(num_images=args.num_images)
     if args.dataset:
         paths = [item[0] for item in cli.evenly_spaced(cli.dataset_items(args.dataset, args.split), args.num_images)]
     else:
@@ -46,8 +45,7 @@ def main(args):
                for i, p in enumerate(paths)]
     cli.refuse_to_overwrite(outputs, args.overwrite)
 
-    cfg = setup_cfg(args.config_file, args.opts)
-    model = load_model(cfg)
+    cfg, model = cli.load_trained(args)
     check_saliency_model(model)
     blocks = parse_blocks(args.blocks, model)
     transform = build_transforms(cfg, is_train=False)

@@ -1,24 +1,14 @@
 """SCSN for fast-reid: the Salience-Guided Cascaded Suppression Network (Chen et al., CVPR 2020).
 
-Importing this package is the registration manifest: it first makes the fastreid 1.4.0 wheel run on
-today's stack (``compat``), then registers every SCSN component in fast-reid's registries.
+Importing this package does two things, in this order:
+1. patch the fastreid 1.4.0 wheel so that it runs on today's stack (``fastreid_patches``);
+2. register SCSN's backbone, head, meta-architecture and datasets in fast-reid's registries.
 """
-from . import compat
+from . import fastreid_patches
 
-compat.apply()
-
-from . import checks  # noqa: E402
-
-checks.apply()
-
-from . import checkpoint  # noqa: E402
-
-checkpoint.apply()
+fastreid_patches.apply()
 
 from .config import add_scsn_config  # noqa: E402,F401
-from .suppression import CascadedSuppressionHead  # noqa: E402,F401
-from .meta_arch import SCSN  # noqa: E402,F401
-from .synthetic import SyntheticReID, SyntheticReIDTiny, SyntheticReIDBench  # noqa: E402,F401
-from .datasets import CUHK03Detected  # noqa: E402,F401
-from .extractor import FeatureExtractor  # noqa: E402,F401
-from .backbone import build_scsn_resnet_backbone  # noqa: E402,F401
+from .data import CUHK03Detected, SyntheticReID, SyntheticReIDBench, SyntheticReIDTiny  # noqa: E402,F401
+from .inference import FeatureExtractor  # noqa: E402,F401
+from .modeling import SCSN, CascadedSuppressionHead, build_scsn_resnet_backbone  # noqa: E402,F401

@@ -28,7 +28,6 @@ import collections
 import copy
 import itertools
 import logging
-import re
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -39,9 +38,11 @@ from fastreid.evaluation import rank
 from fastreid.evaluation.reid_evaluation import ReidEvaluator
 from fastreid.utils import comm
 
+from ..errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["ChunkedReidEvaluator", "QueryBlockDistance", "aqe_blockwise", "block_slices", "logged_metrics",
+__all__ = ["ChunkedReidEvaluator", "QueryBlockDistance", "aqe_blockwise", "block_slices",
            "valid_queries"]
 
 METRICS = ("cosine", "euclidean")
@@ -79,7 +80,7 @@ class QueryBlockDistance:
 
     def __init__(self, query, gallery, metric):
         if metric not in METRICS:
-            raise ValueError(f"TEST.METRIC must be one of {METRICS}, got {metric!r}")
+            raise ConfigError(f"TEST.METRIC must be one of {METRICS}, got {metric!r}")
         self.metric = metric
         self.num_gallery = gallery.size(0)
         if metric == "cosine":
@@ -139,7 +140,7 @@ class ChunkedReidEvaluator(ReidEvaluator):
 
     def __init__(self, cfg, num_query, output_dir=None, *, chunk_bytes=256 * 2**20, num_workers=None):
         if cfg.TEST.METRIC not in METRICS:
-            raise ValueError(f"TEST.METRIC must be one of {METRICS}, got {cfg.TEST.METRIC!r}")
+            raise ConfigError(f"TEST.METRIC must be one of {METRICS}, got {cfg.TEST.METRIC!r}")
         if chunk_bytes < 1:
             raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
         super().__init__(cfg, num_query, output_dir)
@@ -241,15 +242,3 @@ class ChunkedReidEvaluator(ReidEvaluator):
         all_AP = np.concatenate([np.asarray(ap) for _, ap, _ in ranked])
         all_INP = np.concatenate([np.asarray(inp) for _, _, inp in ranked])
         return cmc, all_AP, all_INP
-
-
-def logged_metrics(log, dataset):
-    """Every metrics table fast-reid's ``print_csv_format`` logged for ``dataset`` in the text ``log``, in order,
-    as ``{"Rank-1": ..., "mAP": ..., ...}`` dicts. fast-reid's metrics.json misses the final evaluation: its
-    JSONWriter skips scalars put at an iteration it has already written (utils/events.py:104)."""
-    rows = []
-    for header, row in re.findall(r"(\| Dataset .*\|)\n\|[-:| ]+\|\n(\| " + re.escape(dataset) + r" .*\|)", log):
-        keys = [k.strip() for k in header.strip("|").split("|")]
-        values = [v.strip() for v in row.strip("|").split("|")]
-        rows.append({k: float(v) for k, v in zip(keys[1:], values[1:])})
-    return rows

@@ -1,17 +1,15 @@
 """Clear errors for bad input that fastreid reports from deep inside (or not at all), and recoveries where the
 input can be read as users mean it.
 
-Each patch keeps fastreid's behaviour on good input and only replaces its failure with one message that says
-what was wrong and what to do; :func:`apply` runs when ``scsn`` is imported. Every error here derives from
-:class:`InputError`, which ``tools/train_net.py`` prints as one line instead of a traceback.
+Each patch names the upstream place it guards, keeps fastreid's behaviour on good input and only replaces its
+failure with one message that says what was wrong and what to do (:mod:`scsn.errors`); :func:`apply` runs when
+``scsn`` is imported.
 """
-import difflib
 import functools
 import os
 import re
 
 import numpy as np
-import yaml
 from PIL import Image, ImageOps
 
 from fastreid.data import common
@@ -21,84 +19,12 @@ from fastreid.modeling.backbones import resnet
 from fastreid.utils.events import get_event_storage
 from fastreid.utils.file_io import PathManager
 
-
-class InputError(Exception):
-    """Bad input or settings, reported with one message that says what to do."""
-
-
-class ConfigError(InputError, ValueError):
-    pass
-
-
-class DatasetNotFoundError(InputError, FileNotFoundError):
-    pass
-
-
-class EmptySplitError(InputError):
-    pass
-
-
-class PretrainedWeightsError(InputError, RuntimeError):
-    pass
-
-
-class UnreadableImageError(InputError, OSError):
-    pass
-
-
-class NonFiniteLossError(InputError, FloatingPointError):
-    pass
+from ..errors import (ConfigError, DatasetNotFoundError, EmptySplitError, NonFiniteLossError, PretrainedWeightsError,
+                      UnreadableImageError)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Config
-
-
-def _config_keys(node, prefix=""):
-    for key, value in node.items():
-        if isinstance(value, dict):
-            yield from _config_keys(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}"
-
-
-def _explain_config_error(cfg, error, where):
-    message = str(error.args[0]) if error.args else str(error)
-    unknown = re.search(r"Non-existent (?:config )?key: (\S+)", message)
-    if unknown:
-        key = unknown.group(1)
-        close = difflib.get_close_matches(key, list(_config_keys(cfg)), n=3, cutoff=0.6)
-        hint = f" Did you mean {' or '.join(close)}?" if close else ""
-        return f"Unknown config key {key} in {where}.{hint}"
-    mismatch = re.search(r"Type mismatch \((.+?) vs\. (.+?)\) with values \((.*) vs\. (.*)\) for config key: (\S+)",
-                         message, re.S)
-    if mismatch:
-        expected, got, default, value, key = mismatch.groups()
-        return (f"Config key {key} in {where} expects a value of {expected} (its default is {default}), "
-                f"got {value!s} of {got}.")
-    if "odd length" in message:
-        return f"Config overrides in {where} come in KEY VALUE pairs; got an odd number of words: {message}"
-    return f"Invalid config in {where}: {message}"
-
-
-def load_config(cfg, config_file, opts):
-    """``cfg.merge_from_file(config_file)`` then ``cfg.merge_from_list(opts)`` (fast-reid's setup), with a
-    :class:`ConfigError` naming the key, where it came from and what it expects instead of yacs' traceback."""
-    if not os.path.isfile(config_file):
-        raise ConfigError(f"--config-file {config_file!r} is not a file.")
-    try:
-        cfg.merge_from_file(config_file)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"Config file {config_file} (or a _BASE_ it names) is not valid YAML: {e}") from e
-    except OSError as e:
-        raise ConfigError(f"Cannot read config file {config_file} or a _BASE_ it names: {e}") from e
-    except (KeyError, ValueError, AssertionError) as e:
-        raise ConfigError(_explain_config_error(cfg, e, f"config file {config_file}")) from e
-    try:
-        cfg.merge_from_list(opts)
-    except (KeyError, ValueError, AssertionError) as e:
-        raise ConfigError(_explain_config_error(cfg, e, "the command line")) from e
-    return cfg
 
 
 def _guard_build_model(upstream):

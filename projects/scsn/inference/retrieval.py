@@ -11,6 +11,8 @@ from typing import List, Optional, Sequence, Tuple
 import faiss
 import numpy as np
 
+from ..errors import ArgumentError, InputNotFoundError
+
 KINDS = ("flat", "ivfpq")
 
 
@@ -32,7 +34,7 @@ def neighbour_recall(approximate: np.ndarray, exact: np.ndarray, k: int) -> floa
     """Recall@k of an approximate search against the exact one: the mean over queries of the share of the exact k
     nearest neighbours found among the approximate k. (Q, >= k) int arrays of ids (-1 = none)."""
     if approximate.shape[0] != exact.shape[0] or min(approximate.shape[1], exact.shape[1]) < k:
-        raise ValueError(f"Need (Q, >= {k}) id arrays of equal Q, got {approximate.shape} and {exact.shape}.")
+        raise ArgumentError(f"Need (Q, >= {k}) id arrays of equal Q, got {approximate.shape} and {exact.shape}.")
     found = [len(set(a[:k].tolist()) & set(e[:k].tolist()) - {-1}) for a, e in zip(approximate, exact)]
     return float(np.mean(found)) / k
 
@@ -43,7 +45,7 @@ class GalleryIndex:
     def __init__(self, dim: int, kind: str = "flat", nlist: Optional[int] = None, m: Optional[int] = None,
                  nbits: Optional[int] = None, nprobe: Optional[int] = None, use_gpu: Optional[bool] = None):
         if kind not in KINDS:
-            raise ValueError(f"Index kind must be one of {KINDS}, got {kind!r}.")
+            raise ArgumentError(f"Index kind must be one of {KINDS}, got {kind!r}.")
         self.dim, self.kind = dim, kind
         self.settings = {"nlist": nlist, "m": m, "nbits": nbits, "nprobe": nprobe}
         self.use_gpu = gpu_available() if use_gpu is None else use_gpu
@@ -56,7 +58,7 @@ class GalleryIndex:
     def _check(self, features: np.ndarray) -> np.ndarray:
         features = np.ascontiguousarray(features, dtype=np.float32)
         if features.ndim != 2 or features.shape[1] != self.dim:
-            raise ValueError(
+            raise ArgumentError(
                 f"Descriptors of shape {features.shape} do not fit this {self.dim}-d index: embed with the model the "
                 "index was built with."
             )
@@ -67,10 +69,10 @@ class GalleryIndex:
         nlist, m, nbits = (v if v is not None else d for v, d in zip(
             (self.settings["nlist"], self.settings["m"], self.settings["nbits"]), defaults))
         if self.dim % m:
-            raise ValueError(f"IVF-PQ needs m dividing the descriptor size {self.dim}, got m={m}.")
+            raise ArgumentError(f"IVF-PQ needs m dividing the descriptor size {self.dim}, got m={m}.")
         needed = max(nlist, 2 ** nbits)
         if len(features) < needed:
-            raise ValueError(
+            raise ArgumentError(
                 f"IVF-PQ with nlist={nlist}, nbits={nbits} is trained on the first images added and needs at least "
                 f"{needed} of them, got {len(features)}; use the exact flat index for a gallery this small."
             )
@@ -94,7 +96,7 @@ class GalleryIndex:
         """features (N, D) L2-normalised, one per path; the first call trains an IVF-PQ index."""
         features = self._check(features)
         if len(features) != len(paths):
-            raise ValueError(f"{len(features)} descriptors for {len(paths)} paths.")
+            raise ArgumentError(f"{len(features)} descriptors for {len(paths)} paths.")
         if self.index is None:
             self._train(features)
         self.index.add(features)
@@ -105,7 +107,7 @@ class GalleryIndex:
         """queries (Q, D) -> (top-k paths per query, (Q, k) cosine distances, (Q, k) entry ids); fewer than k when
         the gallery is smaller (ids -1 and distance inf pad the arrays)."""
         if not self.paths:
-            raise ValueError("The index is empty: add gallery images first.")
+            raise ArgumentError("The index is empty: add gallery images first.")
         similarity, ids = self._searchable().search(self._check(queries), min(k, len(self.paths)))
         distances = np.where(ids >= 0, 1 - similarity, np.inf)
         return [[self.paths[i] for i in row if i >= 0] for row in ids], distances, ids
@@ -118,12 +120,12 @@ class GalleryIndex:
     @classmethod
     def load(cls, path: str, use_gpu: Optional[bool] = None) -> "GalleryIndex":
         if not os.path.isfile(path) or not os.path.isfile(path + ".json"):
-            raise FileNotFoundError(f"No index at {path!r} (needs {path!r} and {path + '.json'!r}); build one first.")
+            raise InputNotFoundError(f"No index at {path!r} (needs {path!r} and {path + '.json'!r}); build one first.")
         with open(path + ".json") as f:
             meta = json.load(f)
         self = cls(meta["dim"], meta["kind"], use_gpu=use_gpu, **meta["settings"])
         self.index = faiss.read_index(path)
         self.paths = meta["paths"]
         if self.index.ntotal != len(self.paths):
-            raise ValueError(f"{path!r} holds {self.index.ntotal} vectors but its .json {len(self.paths)} paths.")
+            raise ArgumentError(f"{path!r} holds {self.index.ntotal} vectors but its .json {len(self.paths)} paths.")
         return self

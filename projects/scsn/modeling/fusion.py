@@ -172,15 +172,20 @@ class MultiStageFusion(nn.Module):
             low = features[s - 1]
             yield weight @ block.pooled_value(low), block.attention(high, low).transpose(1, 2)
 
+    def fused(self, features: List[torch.Tensor]) -> torch.Tensor:
+        """F_f = kappa(cat_l F^{hl_l}) (normalised, for ``bn_add``): (B, C_h, H_h, W_h)."""
+        out = None
+        for projected, attention in self.stage_terms(features):
+            out = projected @ attention if out is None else torch.baddbmm(out, projected, attention)
+        out = out.reshape(features[3].shape)
+        return self.norm(out) if self.merge == "bn_add" else out + self.kappa.bias[:, None, None]
+
     def forward(self, features: List[torch.Tensor]) -> torch.Tensor:
         """features: the maps of stages 1-4, stage 4 = F_h (B, C_h, H_h, W_h) last -> the merged map, same shape."""
         high = features[3]
-        b, c, h, w = high.shape
         if self.merge == "bn_add":
-            fused = None
-            for projected, attention in self.stage_terms(features):
-                fused = projected @ attention if fused is None else torch.baddbmm(fused, projected, attention)
-            return high + self.norm(fused.reshape(b, c, h, w))
+            return high + self.fused(features)
+        b, c, h, w = high.shape
         out = high.flatten(2) + self.kappa.bias[:, None]  # (B, C_h, N_h): F_h + b, then F_f's terms added in place
         for projected, attention in self.stage_terms(features):
             out = torch.baddbmm(out, projected, attention)

@@ -1,5 +1,6 @@
-"""The inference tools' shared parts (``tools/visualize_*.py``, ``extract_features.py``, ``search.py``, ...):
-fast-reid's ``--config-file ... KEY VALUE`` command line, image inputs, and one-line errors instead of tracebacks.
+"""The tools' shared command line (``tools/*.py``): fast-reid's ``--config-file ... KEY VALUE`` arguments, image
+inputs, the one wrapper that turns a :class:`~scsn.errors.InputError` into one line and exit status 1, and the one
+guard against overwriting what an earlier run or the user wrote.
 """
 import argparse
 import functools
@@ -8,13 +9,10 @@ import re
 import sys
 from typing import Iterable, List, Sequence, Tuple
 
-from .checks import DatasetNotFoundError, UnreadableImageError
-from .export import ExportError
-from .extractor import WeightsError, list_images, load_model, setup_cfg
+from ..errors import ArgumentError, InputError, InputNotFoundError, OutputExistsError
+from .defaults import build_config, load_model
 
-# Bad input the user can fix: reported as one line, without a traceback.
-USER_ERRORS = (WeightsError, ExportError, FileNotFoundError, UnreadableImageError, DatasetNotFoundError,
-               FileExistsError, ValueError, KeyError)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def parser(description: str, commands: Sequence[str] = ()) -> argparse.ArgumentParser:
@@ -39,7 +37,7 @@ def dataset_tool_parser(description: str) -> argparse.ArgumentParser:
 
 def load_trained(args: argparse.Namespace):
     """(frozen inference cfg, eval-mode model with MODEL.WEIGHTS loaded strictly) from a tool's command line."""
-    cfg = setup_cfg(args.config_file, args.opts)
+    cfg = build_config(args.config_file, args.opts, inference=True)
     return cfg, load_model(cfg)
 
 
@@ -57,17 +55,32 @@ def parse_args(p: argparse.ArgumentParser, argv: Sequence[str] = None) -> argpar
 
 
 def run(main):
-    """Decorator for a tool's ``main``: a user error ends the process with its message and exit status 1."""
+    """Decorator for a tool's ``main``: an :class:`~scsn.errors.InputError` ends the process with its message and
+    exit status 1, without a traceback."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except USER_ERRORS as e:
-            message = e.args[0] if isinstance(e, KeyError) and e.args else e
-            sys.exit(f"error: {message}")
+        except InputError as e:
+            sys.exit(f"error: {e}")
 
     return wrapper
+
+
+def list_images(folder: str) -> List[str]:
+    """Image files under ``folder`` (recursively), sorted; a clear error for a missing or image-less folder."""
+    if not os.path.isdir(folder):
+        raise InputNotFoundError(f"{folder!r} is not a folder.")
+    paths = sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(folder)
+        for name in names
+        if name.lower().endswith(IMAGE_EXTENSIONS)
+    )
+    if not paths:
+        raise InputNotFoundError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {folder!r}.")
+    return paths
 
 
 def collect_images(inputs: Sequence[str]) -> List[str]:
@@ -79,23 +92,28 @@ def collect_images(inputs: Sequence[str]) -> List[str]:
         elif os.path.isfile(item):
             paths.append(item)
         else:
-            raise FileNotFoundError(f"{item!r} is neither an image file nor a folder.")
+            raise InputNotFoundError(f"{item!r} is neither an image file nor a folder.")
     if not paths:
-        raise FileNotFoundError("No input images given.")
+        raise InputNotFoundError("No input images given.")
     return paths
 
 
-def dataset_items(name: str, split: str) -> List[Tuple[str, object, int]]:
-    """(path, pid, camid) of the 'train', 'query' or 'gallery' split of a registered dataset under
-    $FASTREID_DATASETS, as fast-reid's loaders read it."""
+def registered_dataset(name: str):
+    """The dataset registered as ``name``, read from under $FASTREID_DATASETS as fast-reid's loaders read it."""
     from fastreid.data.build import _root
     from fastreid.data.datasets import DATASET_REGISTRY
 
-    if split not in ("train", "query", "gallery"):
-        raise ValueError(f"Split must be train, query or gallery, got {split!r}.")
     if name not in DATASET_REGISTRY._obj_map:  # fast-reid 1.4.0's Registry has no __contains__
-        raise KeyError(f"No dataset {name!r} is registered; known: {', '.join(sorted(DATASET_REGISTRY._obj_map))}.")
-    return list(getattr(DATASET_REGISTRY.get(name)(root=_root), split))
+        raise ArgumentError(
+            f"No dataset {name!r} is registered; known: {', '.join(sorted(DATASET_REGISTRY._obj_map))}.")
+    return DATASET_REGISTRY.get(name)(root=_root)
+
+
+def dataset_items(name: str, split: str) -> List[Tuple[str, object, int]]:
+    """(path, pid, camid) of the 'train', 'query' or 'gallery' split of a registered dataset."""
+    if split not in ("train", "query", "gallery"):
+        raise ArgumentError(f"Split must be train, query or gallery, got {split!r}.")
+    return list(getattr(registered_dataset(name), split))
 
 
 def evenly_spaced(items: Sequence, count: int) -> list:
@@ -106,11 +124,20 @@ def evenly_spaced(items: Sequence, count: int) -> list:
     return [items[int(i * step)] for i in range(count)]
 
 
-def refuse_to_overwrite(paths: Iterable[str], overwrite: bool) -> None:
-    """Existing outputs stay untouched unless the user passed --overwrite."""
+def check_positive(**values: int) -> None:
+    """A tool's count arguments, e.g. ``check_positive(num_images=args.num_images)``, must be >= 1."""
+    bad = {name: value for name, value in values.items() if value < 1}
+    if bad:
+        raise ArgumentError(", ".join(f"--{name.replace('_', '-')} must be >= 1, got {value}"
+                                      for name, value in bad.items()) + ".")
+
+
+def refuse_to_overwrite(paths: Iterable[str], overwrite: bool = False,
+                        how: str = "pass --overwrite to replace, or choose another output") -> None:
+    """Existing outputs stay untouched unless the user passed --overwrite; ``how`` says what to do instead."""
     existing = [p for p in paths if os.path.exists(p)]
     if existing and not overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{existing[0]!r}{f' and {len(existing) - 1} more' if len(existing) > 1 else ''} already exist(s); "
-            "pass --overwrite to replace, or choose another output."
+            f"{how}."
         )

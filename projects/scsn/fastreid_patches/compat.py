@@ -6,7 +6,7 @@ narrow as the breakage, and does nothing where upstream is already right (newer 
 :func:`apply` runs when ``scsn`` is imported: the two import-time shims must be in place before any
 ``fastreid.data`` / ``fastreid.engine`` / ``fastreid.evaluation`` module loads.
 
-The measurements behind each patch are in ``shared/notes/fastreid-1.4.0-compat.md`` (numbered there).
+docs/fastreid_1.4.0.md lists every breakage measured on this stack, numbered as the patches below cite them.
 """
 import collections
 import collections.abc
@@ -16,14 +16,10 @@ import os
 import subprocess
 import sys
 import types
-import warnings
 
 import torch
 
 logger = logging.getLogger(__name__)
-
-_applied = False
-
 
 def _install_import_shims():
     # (1) data/build.py:11 `from torch._six import string_classes`: torch >= 2 removed torch._six.
@@ -193,7 +189,7 @@ def _patch_cython_evaluator():
     def compile_helper():
         logger.warning(
             "fastreid's Cython ranking is not built: evaluating with the slower Python ranking. "
-            "Build it once with `python -c 'import scsn.compat as c; c.build_cython_evaluator()'`."
+            "Build it once with `python -c 'import scsn.fastreid_patches.compat as c; c.build_cython_evaluator()'`."
         )
 
     reid_evaluation.compile_helper = compile_helper
@@ -369,7 +365,7 @@ def _patch_freeze_layer_count():
     SOLVER.FREEZE_ITERS steps (the SBS and MGN recipes: the backbone, 1000 iterations) counts those steps in a
     closure, from 0 in every process, so a run resumed at any iteration froze the layers again for
     FREEZE_ITERS steps. The count is the optimizer's ``frozen_steps`` attribute here, which a resume sets to
-    the iteration it starts at (scsn/sampling.py ``resume_state``); the step is upstream's otherwise."""
+    the iteration it starts at (scsn/data/sampling.py ``resume_state``); the step is upstream's otherwise."""
     from fastreid.solver import build as solver_build
 
     upstream = solver_build._generate_optimizer_class_with_freeze_layer
@@ -422,24 +418,6 @@ def _patch_metric_printer():
     events.CommonMetricPrinter.write = write
 
 
-def resolve_device(cfg):
-    """(7) engine/train_loop.py:335 ``AMPTrainer`` asserts CUDA, and every ``.to("cuda")`` fails without it.
-    On a machine without CUDA, a config that asks for ``MODEL.DEVICE: cuda`` or ``SOLVER.AMP.ENABLED``
-    runs on the CPU in fp32, with one warning. ``cfg`` must be mutable; it is returned for chaining."""
-    if torch.cuda.is_available():
-        return cfg
-    changed = []
-    if cfg.MODEL.DEVICE.startswith("cuda"):
-        cfg.MODEL.DEVICE = "cpu"
-        changed.append("MODEL.DEVICE cuda -> cpu")
-    if cfg.SOLVER.AMP.ENABLED:
-        cfg.SOLVER.AMP.ENABLED = False
-        changed.append("SOLVER.AMP.ENABLED True -> False")
-    if changed:
-        warnings.warn("CUDA is not available; running on the CPU: " + ", ".join(changed), stacklevel=2)
-    return cfg
-
-
 def build_cython_evaluator():
     """Compile fastreid's Cython ranking (evaluation/rank_cylib) with *this* interpreter. Called once at
     install time; returns True when the compiled module imports."""
@@ -460,10 +438,7 @@ def build_cython_evaluator():
 
 
 def apply():
-    """Apply every patch; idempotent."""
-    global _applied
-    if _applied:
-        return
+    """Apply every patch (each also checks that it is not applied twice)."""
     _install_import_shims()
     _patch_zero_grad()
     _patch_cpu_data_loader()
@@ -476,4 +451,3 @@ def apply():
     _patch_cpu_distributed()
     _patch_metric_printer()
     _patch_freeze_layer_count()
-    _applied = True

@@ -315,25 +315,30 @@ def _draw_person(img, spec, pose):
     # Round body: darker towards the silhouette's sides, lit from one side.
     shade = (1 - 0.3 * np.clip(av / 0.2, 0, 1) ** 2) * (1 + pose["light"] * np.clip(v / 0.2, -1, 1))  # (1, W)
     img[person] *= np.broadcast_to(shade, (HEIGHT, WIDTH))[person][:, None]
+    return person
 
 
 def _occlude(img, pose):
-    """A pole (vertical bar) or a low obstacle (bar over the bottom of the image) in front of the person."""
+    """A pole (vertical bar) or a low obstacle (bar over the bottom of the image) in front of the person; returns
+    the (H, W) bool mask it covers."""
     kind, where, size, *rgb = pose["occlusion"]
+    covered = np.zeros((HEIGHT, WIDTH), bool)
     if kind < 0.6:
         x0 = int(WIDTH / 2 + pose["dx"] + (where - 0.5) * 24)
-        img[:, max(x0, 0):max(x0 + 3 + int(7 * size), 0)] = rgb
+        covered[:, max(x0, 0):max(x0 + 3 + int(7 * size), 0)] = True
     else:
-        img[int(HEIGHT * (0.62 + 0.25 * where)):] = rgb
+        covered[int(HEIGHT * (0.62 + 0.25 * where)):] = True
+    img[covered] = rgb
+    return covered
 
 
-def render_image(spec, camera, pose):
-    """One (H, W, 3) uint8 image of identity ``spec`` (None: background only) seen by ``camera`` in ``pose``."""
+def render_image(spec, camera, pose, with_mask=False):
+    """One (H, W, 3) uint8 image of identity ``spec`` (None: background only) seen by ``camera`` in ``pose``; with
+    ``with_mask`` also the (H, W) bool mask of the person's visible pixels (its ground-truth segmentation)."""
     img = _background(camera, pose)
-    if spec is not None:
-        _draw_person(img, spec, pose)
+    person = _draw_person(img, spec, pose) if spec is not None else np.zeros((HEIGHT, WIDTH), bool)
     if pose["occlusion"] is not None:
-        _occlude(img, pose)
+        person &= ~_occlude(img, pose)
     img *= np.asarray(camera["gain"], np.float32) * (camera["brightness"] * pose["brightness"])
     img = (img - 0.5) * camera["contrast"] + 0.5
     out = Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8))
@@ -341,7 +346,8 @@ def render_image(spec, camera, pose):
     if radius > 0.1:
         out = out.filter(ImageFilter.GaussianBlur(radius))
     noise = np.random.default_rng(pose["noise_seed"]).standard_normal((HEIGHT, WIDTH, 3), np.float32)
-    return np.clip(np.asarray(out, np.float32) + noise * (255 * camera["noise"]), 0, 255).round().astype(np.uint8)
+    out = np.clip(np.asarray(out, np.float32) + noise * (255 * camera["noise"]), 0, 255).round().astype(np.uint8)
+    return (out, person) if with_mask else out
 
 
 def _sample_stranger(rng):
@@ -376,6 +382,11 @@ def build_layout(params, identities):
 def file_name(pid, camera, frame):
     """Market-1501's ``0001_c1s1_000151_00.jpg`` (junk: ``-1_c1s1_...``); ``camera`` counts from 0."""
     return f"{pid if pid < 0 else f'{pid:04d}'}_c{camera + 1}s1_{frame:06d}_00.jpg"
+
+
+def _frame(path):
+    """The frame number :func:`file_name` wrote into ``path``'s name."""
+    return int(os.path.basename(path).split("_")[2])
 
 
 def params_hash(params):
@@ -522,6 +533,18 @@ class SyntheticReID(ImageDataset):
     def identities(self):
         """The identity specs this dataset was drawn from (train then test ids), as recorded in its manifest."""
         return read_manifest(self.dataset_dir)["identities"]
+
+    def person_mask(self, path):
+        """The (H, W) bool mask of the person's visible pixels in this dataset's image ``path``, drawn again from the
+        generation's parameters (the ground truth that human-parsing masks approximate on real data)."""
+        if not hasattr(self, "_layout"):
+            self._cameras = build_cameras(self.params)
+            self._layout = build_layout(self.params, build_identities(self.params))
+        frame = _frame(path)
+        _, _, camera, spec, wild = self._layout[frame]
+        pose = sample_pose(np.random.default_rng([self.params["seed"], 2, frame]), self._cameras[camera],
+                           self.params["occlusion_prob"], wild)
+        return render_image(spec, self._cameras[camera], pose, with_mask=True)[1]
 
 
 @DATASET_REGISTRY.register()

@@ -14,8 +14,8 @@ Any other object (a pickled model, a legacy raw pickle, a file crafted so that u
 with :class:`UnsafeCheckpointError`, before anything in the file is executed; a truncated file with
 :class:`CorruptCheckpointError`.
 
-A checkpointer with ``strict = True`` (``--resume``, ``--eval-only`` in tools/train_net.py) refuses a checkpoint
-that does not fill the model (:class:`CheckpointMismatchError`, naming the missing, unexpected and reshaped keys)
+A checkpointer with ``strict = True`` (``--resume`` in tools/train_net.py, and :func:`load_weights`, the one loader
+of trained weights for ``--eval-only``, inference and analysis) refuses a checkpoint that does not fill the model (:class:`CheckpointMismatchError`, naming the missing, unexpected and reshaped keys)
 instead of logging fast-reid's note and going on with part of the model at its initial values. Empty tensors
 of the model are exempt: the classifier of a model built with ``MODEL.HEADS.NUM_CLASSES 0`` for evaluation has
 no rows to load.
@@ -23,33 +23,22 @@ no rows to load.
 import logging
 import os
 import pickle
+import zipfile
 
 import torch
 
 from fastreid.utils import checkpoint as fastreid_checkpoint
 from fastreid.utils.checkpoint import Checkpointer
 
-from .checks import InputError
+from ..errors import CheckpointError, CheckpointMismatchError, CorruptCheckpointError, UnsafeCheckpointError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["UnsafeCheckpointError", "CorruptCheckpointError", "CheckpointMismatchError", "atomic_write",
-           "load_checkpoint_file", "load_best_metric", "mismatched_keys", "restore_best_metric", "apply"]
+__all__ = ["atomic_write", "load_checkpoint_file", "check_weights_path", "load_weights", "load_best_metric", "mismatched_keys",
+           "restore_best_metric", "apply"]
 
 # Keys listed per kind in a mismatch report before "... and N more".
 MAX_LISTED = 12
-
-
-class UnsafeCheckpointError(InputError):
-    pass
-
-
-class CorruptCheckpointError(InputError):
-    pass
-
-
-class CheckpointMismatchError(InputError):
-    pass
 
 
 def atomic_write(path, write, mode="wb"):
@@ -79,6 +68,8 @@ def load_checkpoint_file(path, **kwargs):
     try:
         return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
     except pickle.UnpicklingError as e:
+        if not _is_pickle_or_archive(path):
+            raise _corrupt(path, e) from e  # garbage, or a file cut at its first bytes
         try:
             found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
             what = f"Python objects besides tensors and plain values ({', '.join(found)})"
@@ -92,14 +83,24 @@ def load_checkpoint_file(path, **kwargs):
             "and load converted.pth."
         ) from e
     except (RuntimeError, EOFError) as e:
-        others = _others(path)
-        raise CorruptCheckpointError(
-            f"Checkpoint {path!r} is truncated or corrupt ({type(e).__name__}: {str(e).splitlines()[0]}). "
-            "This version writes checkpoints to a temporary file and renames it only once complete, so the file "
-            "was damaged after it was written or by another program. "
-            + (f"Other checkpoints in its folder: {', '.join(others)}; to resume from one, write its name into "
-               "the folder's last_checkpoint file (or pass it as MODEL.WEIGHTS)." if others else "")
-        ) from e
+        raise _corrupt(path, e) from e
+
+
+def _is_pickle_or_archive(path):
+    """A torch.save zip archive, or a pickle (protocol 2+ starts with the PROTO opcode 0x80)."""
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80" or zipfile.is_zipfile(path)
+
+
+def _corrupt(path, error):
+    others = _others(path)
+    return CorruptCheckpointError(
+        f"Checkpoint {path!r} is truncated or corrupt ({type(error).__name__}: {str(error).splitlines()[0]}). "
+        "This version writes checkpoints to a temporary file and renames it only once complete, so the file "
+        "was damaged after it was written or by another program. "
+        + (f"Other checkpoints in its folder: {', '.join(others)}; to resume from one, write its name into "
+           "the folder's last_checkpoint file (or pass it as MODEL.WEIGHTS)." if others else "")
+    )
 
 
 def load_best_metric(path):
@@ -163,7 +164,13 @@ def apply():
 
     def _load_file(self, f):
         self._scsn_path = f
-        return load_checkpoint_file(f)
+        checkpoint = load_checkpoint_file(f)
+        if isinstance(checkpoint, dict) and "model" not in checkpoint and checkpoint \
+                and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+            return {"model": checkpoint}  # a bare state dict, as torch.save(model.state_dict()) writes
+        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
+            raise CheckpointError(f"{f!r} is not a fast-reid checkpoint: expected a state dict under 'model'.")
+        return checkpoint
 
     def _load_model(self, checkpoint):
         incompatible = upstream_load_model(self, checkpoint)
@@ -180,6 +187,23 @@ def apply():
     Checkpointer._load_file = _load_file
     Checkpointer._load_model = _load_model
     Checkpointer.strict = False
+
+
+def check_weights_path(path):
+    if not path:
+        raise CheckpointError("No weights given: add `MODEL.WEIGHTS path/to/model_final.pth` to the command.")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"MODEL.WEIGHTS {path!r} is not a file.")
+
+
+def load_weights(model, path):
+    """The one strict loader of trained weights (``--eval-only``, inference, analysis): ``path``, a fast-reid
+    checkpoint or a bare state dict, into ``model``, or a :class:`CheckpointError` that says why not."""
+    check_weights_path(path)
+    checkpointer = Checkpointer(model)
+    checkpointer.strict = True
+    checkpointer.load(path)
+    return model
 
 
 def restore_best_metric(trainer):

@@ -13,12 +13,10 @@ from typing import Callable, Dict, Sequence
 import numpy as np
 import torch
 
+from ..errors import ArgumentError, ExportError
+
 ROUTES = ("dynamo", "torchscript")
 INPUT, OUTPUT = "images", "features"
-
-
-class ExportError(RuntimeError):
-    pass
 
 
 def example_input(height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -31,7 +29,7 @@ def export_onnx(model: torch.nn.Module, path: str, height: int, width: int, rout
                 opset: int = 18) -> None:
     """Write ``model`` (eval mode, on the CPU) to ``path`` with a dynamic batch axis."""
     if route not in ROUTES:
-        raise ValueError(f"Export route must be one of {ROUTES}, got {route!r}.")
+        raise ArgumentError(f"Export route must be one of {ROUTES}, got {route!r}.")
     model = model.eval().cpu()
     example = example_input(height, width)
     if route == "dynamo":

@@ -7,7 +7,10 @@ from typing import Dict, Iterator, List, NamedTuple, Sequence, Tuple
 import torch
 from torch import nn
 
-from .suppression import CascadeStage
+from fastreid.layers.pooling import GeneralizedMeanPooling
+
+from ..errors import ArgumentError, ConfigError
+from ..modeling.suppression import CascadeStage
 
 
 class Saliency(NamedTuple):
@@ -46,7 +49,7 @@ def default_blocks(model: nn.Module) -> List[str]:
 
 def check_saliency_model(model: nn.Module) -> None:
     if not hasattr(getattr(model, "heads", None), "cascade"):
-        raise ValueError(
+        raise ConfigError(
             f"Saliency pictures need an SCSN model (MODEL.META_ARCHITECTURE SCSN with MODEL.HEADS.NAME "
             f"CascadedSuppressionHead); this config builds {type(model).__name__} with "
             f"{type(getattr(model, 'heads', None)).__name__}."
@@ -63,7 +66,7 @@ def record_attention(model: nn.Module, blocks: Sequence[str]) -> Iterator[Dict[s
     available = spatial_attention_blocks(model)
     unknown = [b for b in blocks if b not in available]
     if unknown:
-        raise ValueError(
+        raise ArgumentError(
             f"No spatial attention in block(s) {unknown}; this model has it in {list(available) or 'no block'} "
             "(names s<ResNet stage>b<block index>; MODEL.BACKBONE.RDAM.MODE with SAM or RSAM adds it)."
         )
@@ -101,8 +104,41 @@ def compute_saliency(model: nn.Module, images: torch.Tensor, blocks: Sequence[st
 
 
 def activation_map(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, H, W) mean of squared activations over channels: where the map carries energy."""
+    """(B, C, H, W) -> (B, H, W) mean of squared activations over channels: where the map carries energy, whatever
+    its sign (the pictures' ``--view energy``)."""
     return x.pow(2).mean(dim=1)
+
+
+def pooling_exponent(pool: nn.Module) -> float:
+    """p of a stage head's pooling: GeM's (learned, for fast-reid's GeneralizedMeanPoolingP), 1 for the others."""
+    if not isinstance(pool, GeneralizedMeanPooling):
+        return 1.0
+    return float(pool.p.detach()) if torch.is_tensor(pool.p) else float(pool.p)
+
+
+def pooled_view(x: torch.Tensor, pool: nn.Module) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H, W): what the pooling ``pool`` draws from each position, summed over channels.
+
+    GeM pools ``(mean_HW max(x, eps)^p)^(1/p)`` per channel, so a position weighs ``max(x, eps)^p`` and a negative
+    entry nothing; average and max pooling are drawn as the positive part ``max(x, 0)``, what a max can pick and the
+    part of a mean that a BN neck and ReLU-fed stages build on."""
+    if isinstance(pool, GeneralizedMeanPooling):
+        return x.clamp(min=pool.eps).pow(pooling_exponent(pool)).sum(dim=1)
+    return x.clamp(min=0).sum(dim=1)
+
+
+def kept_share(x: torch.Tensor, pool: nn.Module) -> torch.Tensor:
+    """(B, C, H, W) -> (B,): the share of each image's map that its pooling keeps.
+
+    GeM: ``sum max(x, 0)^p / sum |x|^p``, the part of the map's p-th power mass left after the clamp (1: no negative
+    entry; 0.1: nine tenths of it clamped away). Average pooling: the same with p = 1, the positive entries' share of
+    the mean's absolute mass (the negative ones enter the mean with their sign). Max pooling: the share of channels
+    whose maximum is positive."""
+    if isinstance(pool, nn.AdaptiveMaxPool2d):
+        return (x.flatten(2).amax(dim=2) > 0).double().mean(dim=1)
+    p = pooling_exponent(pool)
+    magnitude = x.abs().double().pow(p).flatten(1).sum(1)
+    return x.clamp(min=0).double().pow(p).flatten(1).sum(1) / magnitude.clamp(min=1e-30)
 
 
 def suppressed_after(stages: Sequence[CascadeStage], t: int) -> torch.Tensor:

@@ -39,7 +39,7 @@ from fastreid.engine.train_loop import HookBase
 from fastreid.utils import comm
 from fastreid.utils.env import seed_all_rng
 
-from .checks import InputError
+from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class ResumableSampler(torch.utils.data.Sampler):
 
     def __init__(self, base, batch_size, seed, rank=0, world_size=1):
         if batch_size % world_size:
-            raise InputError(f"SOLVER.IMS_PER_BATCH {batch_size} must be divisible by the number of processes "
+            raise ConfigError(f"SOLVER.IMS_PER_BATCH {batch_size} must be divisible by the number of processes "
                              f"({world_size}).")
         self.base = base
         self.batch_size = batch_size
@@ -172,20 +172,20 @@ def _check_batch(cfg, train_set, world_size):
     name = cfg.DATALOADER.SAMPLER_TRAIN
     batch_size, instances = cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE
     if len(train_set) < batch_size:
-        raise InputError(
+        raise ConfigError(
             f"The training set has {len(train_set)} images, fewer than SOLVER.IMS_PER_BATCH {batch_size}: an epoch "
             "would have no iteration. Lower SOLVER.IMS_PER_BATCH."
         )
     if name not in IDENTITY_SAMPLERS:
         return
     if batch_size % (instances * world_size):
-        raise InputError(
+        raise ConfigError(
             f"SOLVER.IMS_PER_BATCH {batch_size} must be a multiple of DATALOADER.NUM_INSTANCE {instances} x "
             f"{world_size} process(es), so that every process gets whole identities of {instances} images."
         )
     identities = batch_size // instances
     if train_set.num_classes < identities:
-        raise InputError(
+        raise ConfigError(
             f"A batch of SOLVER.IMS_PER_BATCH {batch_size} = {identities} identities x DATALOADER.NUM_INSTANCE "
             f"{instances} needs {identities} identities, but the training set has {train_set.num_classes}: "
             f"{name} would never fill a batch. Lower IMS_PER_BATCH or raise NUM_INSTANCE."
@@ -197,7 +197,7 @@ def build_train_loader(cfg):
     :class:`ResumableSampler` over a :class:`SeededDataset`."""
     name = cfg.DATALOADER.SAMPLER_TRAIN
     if name not in SUPPORTED_SAMPLERS:
-        raise InputError(
+        raise ConfigError(
             f"DATALOADER.SAMPLER_TRAIN {name!r} is not supported (fast-reid 1.4.0's SetReWeightSampler never "
             f"fills a batch); use one of {', '.join(SUPPORTED_SAMPLERS)}."
         )
@@ -222,7 +222,7 @@ def make_resumable(trainer):
 def resume_state(trainer):
     """After ``resume_or_load`` from a checkpoint: restart the training batches at the resumed epoch's first
     global batch (the loader's prefetching thread started at batch 0 when the trainer was built), and count
-    the iterations before it as done towards SOLVER.FREEZE_ITERS (scsn/compat.py)."""
+    the iterations before it as done towards SOLVER.FREEZE_ITERS (scsn/fastreid_patches/compat.py)."""
     start = trainer.start_epoch * trainer.iters_per_epoch
     loader = trainer.data_loader
     loader.batch_sampler.sampler.start = start
