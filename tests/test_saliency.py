@@ -8,7 +8,7 @@ from PIL import Image
 from inference_helpers import CONFIG, ROOT, SMALL, make_checkpoint, run_tool, tiny_images
 from scsn.inference.extractor import FeatureExtractor
 from scsn.visualization.saliency import compute_saliency, default_blocks, record_attention, suppressed_after
-from scsn.visualization.pictures import CAPTION, GAP, GREY, RED, saliency_picture
+from scsn.visualization.pictures import CAPTION, GAP, GREY, LEGEND, RED, heat_overlay, saliency_picture, stage_heat
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +46,10 @@ def test_picture_is_one_row_of_stage_and_attention_tiles(checkpoint, images):
     saliency = compute_saliency(checkpoint[1], images, ["s3b1", "s4b1"])
     assert [s.weights.shape for s in saliency.stages] == [(3, 4)] * 3
     picture, grid = saliency_picture(images, saliency, 0)
-    # input, backbone X1, three stages, two attention maps; tiles of the 64x32 input drawn 4x (256 / 64).
+    # input, backbone X1, three stages, two attention maps; tiles of the 64x32 input drawn 4x (256 / 64); two legend
+    # lines (maps, attention).
     assert (grid.rows, grid.cols, grid.height, grid.width) == (1, 7, 256, 128)
-    assert picture.size == (7 * 128 + 6 * GAP, CAPTION + 256)
+    assert picture.size == (7 * 128 + 6 * GAP, CAPTION + 256 + 2 * LEGEND)
     pixels = np.asarray(picture)
     # Stage 3's tile: its two suppressed stripes hatched grey; stage 1's: the stripe it suppresses framed red.
     stage1_x, stage3_x = grid.origin(0, 2)[0], grid.origin(0, 4)[0]
@@ -67,7 +68,8 @@ def test_tool_writes_one_png_per_image(tmp_path, checkpoint, capsys):
     outputs = run_tool("visualize_saliency", *argv)
     assert len(outputs) == 2 and "2 saliency pictures in" in capsys.readouterr().out
     for out in outputs:
-        assert Image.open(out).size == (6 * 128 + 5 * GAP, CAPTION + 256)  # input, X1, 3 stages, 1 attention map
+        # input, X1, 3 stages, 1 attention map, 2 legend lines
+        assert Image.open(out).size == (6 * 128 + 5 * GAP, CAPTION + 256 + 2 * LEGEND)
     with pytest.raises(SystemExit, match="already exist"):
         run_tool("visualize_saliency", *argv)
     with pytest.raises(SystemExit, match="need an SCSN model.*builds Baseline"):
@@ -84,3 +86,29 @@ def bot_checkpoint(directory):
     path = str(directory / "bot.pth")
     torch.save({"model": build_model(cfg).state_dict()}, path)
     return path
+
+
+def test_a_stage_tile_is_cold_where_the_map_is_negative():
+    """A map with a weak positive person on a strongly negative background (what NMFF's ``add`` can produce): the
+    pooled view draws the background cold and the person hot; the energy view draws it the other way round."""
+    from fastreid.layers.pooling import GeneralizedMeanPoolingP
+
+    x = torch.full((1, 8, 16, 8), -4.0)
+    x[:, :, 4:12, 2:6] = 0.5  # the person
+    image = np.zeros((128, 64, 3), np.uint8)
+    pooled = heat_overlay(image, stage_heat(x, GeneralizedMeanPoolingP(norm=3), "pooled")[0], alpha=1.0)
+    energy = heat_overlay(image, stage_heat(x, GeneralizedMeanPoolingP(norm=3), "energy")[0], alpha=1.0)
+    background, person = (4, 4), (64, 32)  # pixel (row, col) of each, far from their border
+
+    def warm(pixel):  # jet: red high, blue low
+        return int(pixel[0]) - int(pixel[2])
+
+    assert warm(pooled[background]) < -100 < 100 < warm(pooled[person])
+    assert warm(energy[background]) > 100 > -100 > warm(energy[person])
+
+
+def test_attention_tiles_use_a_fixed_scale():
+    image = np.zeros((8, 8, 3), np.uint8)
+    half = heat_overlay(image, torch.full((2, 2), 0.5), alpha=1.0, scale=(0.0, 1.0))
+    ones = heat_overlay(image, torch.full((2, 2), 0.99), alpha=1.0, scale=(0.0, 1.0))
+    assert not np.array_equal(half, ones)  # a uniform map keeps its level instead of collapsing to the min colour

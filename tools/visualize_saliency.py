@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Saliency pictures (the paper's Fig. 6), one PNG per image: the input, the backbone map X^1, each cascade stage's
 boosted map Y^t with its stripe weights, the stripes already suppressed (hatched) and the one it suppresses next
-(red frame), and the RDAM spatial attention of chosen residual blocks.
+(red frame), and the RDAM spatial attention of chosen residual blocks. The maps are drawn as what each stage's
+pooling draws from them (``--view energy``: their energy sum_c x^2 instead); a legend under the row says so.
 
     tools/visualize_saliency.py --config-file configs/Synthetic/scsn_r18.yml --dataset SyntheticReID --split query \
         --num-images 8 --output logs/demo/saliency MODEL.WEIGHTS logs/demo/<run>/model_final.pth
@@ -13,7 +14,7 @@ import scsn  # noqa: F401  (before any fastreid import: compat patches and regis
 from scsn.engine import cli
 from scsn.inference.extractor import to_pil
 from scsn.visualization.saliency import check_saliency_model, compute_saliency, parse_blocks
-from scsn.visualization.pictures import saliency_picture, save_png
+from scsn.visualization.pictures import VIEWS, saliency_picture, save_png
 
 import torch
 from fastreid.data.transforms import build_transforms
@@ -29,6 +30,8 @@ def get_parser():
     p.add_argument("--blocks", nargs="+", default=[], metavar="sXbY",
                    help="residual blocks whose spatial attention to show, e.g. s3b1 s4b2, or all / none "
                         "(default: the last block of each ResNet stage)")
+    p.add_argument("--view", choices=VIEWS, default="pooled",
+                   help="pooled: what each stage's pooling draws from each position (default); energy: sum_c x^2")
     p.add_argument("--output", required=True, help="folder for the PNGs")
     p.add_argument("--overwrite", action="store_true", help="replace PNGs of the same names")
     return p
@@ -54,7 +57,7 @@ def main(args):
 
     os.makedirs(args.output, exist_ok=True)
     for i, out in enumerate(outputs):
-        picture, _ = saliency_picture(images, saliency, i)
+        picture, _ = saliency_picture(images, saliency, i, args.view)
         save_png(picture, out)
     print(f"{len(outputs)} saliency pictures in {os.path.abspath(args.output)}")
     return outputs

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
-from .saliency import Saliency, activation_map, suppressed_after
+from .saliency import Saliency, activation_map, pooled_view, pooling_exponent, suppressed_after
 
 CAPTION = 14  # pixels of the caption strip above each tile
+LEGEND = 14  # pixels of each line of the legend under a saliency row
 GAP = 4  # pixels between tiles
 BORDER = 4  # pixels of a ranked-list tile's correct / wrong frame
 GREEN, RED, GREY = (0, 170, 0), (220, 0, 0), (150, 150, 150)
@@ -48,23 +49,26 @@ def to_uint8_image(image: torch.Tensor) -> np.ndarray:
     return image.clamp(0, 255).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
-def heat_overlay(image: np.ndarray, heat: torch.Tensor, alpha: float = 0.5) -> np.ndarray:
-    """image (H, W, 3) uint8, heat (h, w) -> jet colour map of the min-max normalised, bilinearly upsampled heat
-    blended over the image; (H, W, 3) uint8."""
+def heat_overlay(image: np.ndarray, heat: torch.Tensor, alpha: float = 0.5,
+                 scale: Optional[Tuple[float, float]] = None) -> np.ndarray:
+    """image (H, W, 3) uint8, heat (h, w) -> jet colour map (blue low, red high) of the bilinearly upsampled heat,
+    normalised to its own min and max or to a fixed ``scale`` (low, high), blended over the image; (H, W, 3) uint8."""
     h, w = image.shape[:2]
     heat = F.interpolate(heat[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-    span = heat.max() - heat.min()
-    heat = (heat - heat.min()) / span if span > 0 else torch.zeros_like(heat)
+    low, high = (heat.min(), heat.max()) if scale is None else scale
+    heat = ((heat - low) / (high - low)).clamp(0, 1) if high > low else torch.zeros_like(heat)
     colours = colormaps["jet"](heat.numpy())[..., :3] * 255
     return (alpha * colours + (1 - alpha) * image).round().astype(np.uint8)
 
 
 def compose(tiles: Sequence[Sequence[Image.Image]], captions: Sequence[Sequence[str]],
-            frames: Optional[Sequence[Sequence[Optional[tuple]]]] = None) -> Tuple[Image.Image, Grid]:
-    """Rows of equal-size tiles with a caption above each (and optionally a coloured frame) -> picture, grid."""
+            frames: Optional[Sequence[Sequence[Optional[tuple]]]] = None,
+            legend: Sequence[str] = ()) -> Tuple[Image.Image, Grid]:
+    """Rows of equal-size tiles with a caption above each (and optionally a coloured frame), then the ``legend`` lines
+    under the grid -> picture, grid."""
     width, height = tiles[0][0].size
     grid = Grid(rows=len(tiles), cols=max(len(row) for row in tiles), height=height, width=width)
-    canvas = Image.new("RGB", grid.size, "white")
+    canvas = Image.new("RGB", (grid.size[0], grid.size[1] + LEGEND * len(legend)), "white")
     draw = ImageDraw.Draw(canvas)
     for r, row in enumerate(tiles):
         for c, tile in enumerate(row):
@@ -74,14 +78,42 @@ def compose(tiles: Sequence[Sequence[Image.Image]], captions: Sequence[Sequence[
             frame = frames[r][c] if frames else None
             if frame is not None:
                 draw.rectangle([x, y, x + width - 1, y + height - 1], outline=frame, width=BORDER)
+    for i, line in enumerate(legend):
+        draw.text((1, grid.size[1] + LEGEND * i + 1), line, fill="black")
     return canvas, grid
 
 
-def stage_tile(image: np.ndarray, saliency: Saliency, index: int, t: int) -> Image.Image:
-    """Stage t's boosted map Y^t as a heat map; suppressed stripes hatched grey; the stripe this stage hands to the
-    suppression framed red (Fig. 6's red boxes); each kept stripe's SFE weight written on it."""
+VIEWS = ("pooled", "energy")
+
+
+def stage_heat(x: torch.Tensor, pool: torch.nn.Module, view: str) -> torch.Tensor:
+    """(B, C, h, w) map -> (B, h, w) heat: what ``pool`` draws from each position (``pooled``), or the energy
+    sum_c x^2 whatever its sign (``energy``)."""
+    return pooled_view(x, pool) if view == "pooled" else activation_map(x)
+
+
+def pooling_caption(pool: torch.nn.Module) -> str:
+    p = pooling_exponent(pool)
+    return f"GeM p={p:.1f}" if "GeneralizedMean" in type(pool).__name__ else f"{type(pool).__name__}"
+
+
+def legend_lines(view: str, attention: bool) -> List[str]:
+    """What the colours of a saliency row mean."""
+    lines = ["X1, Yt: sum_c max(x, eps)^p, the part of each position GeM pools (its stage's p; average / max pooling: "
+             "max(x, 0)); each tile blue (its min) to red (its max)." if view == "pooled" else
+             "X1, Yt: sum_c x^2, the map's energy whatever its sign (not what the head pools); each tile blue (its "
+             "min) to red (its max)."]
+    if attention:
+        lines.append("Attention A_n = sigmoid(a_n), on a fixed scale: blue 0 (the block's branch suppressed there) "
+                     "to red 1 (passed).")
+    return lines
+
+
+def stage_tile(image: np.ndarray, saliency: Saliency, index: int, t: int, view: str = "pooled") -> Image.Image:
+    """Stage t's boosted map Y^t as a heat map (:func:`stage_heat`); suppressed stripes hatched grey; the stripe this
+    stage hands to the suppression framed red (Fig. 6's red boxes); each kept stripe's SFE weight written on it."""
     stage = saliency.stages[t]
-    tile = Image.fromarray(heat_overlay(image, activation_map(stage.y[index:index + 1])[0]))
+    tile = Image.fromarray(heat_overlay(image, stage_heat(stage.y[index:index + 1], saliency.pools[t], view)[0]))
     draw = ImageDraw.Draw(tile)
     num_stripes = stage.kept.shape[1]
     rows = tile.height / num_stripes
@@ -104,22 +136,27 @@ def display_scale(height: int) -> int:
     return max(1, round(256 / height))
 
 
-def saliency_picture(images: torch.Tensor, saliency: Saliency, index: int) -> Tuple[Image.Image, Grid]:
-    """One image's row: input | backbone X^1 | stage 1..T | the recorded attention maps; images (B, 3, H, W)."""
+def saliency_picture(images: torch.Tensor, saliency: Saliency, index: int,
+                     view: str = "pooled") -> Tuple[Image.Image, Grid]:
+    """One image's row: input | backbone X^1 (as stage 1 pools it) | stage 1..T | the recorded attention maps, then
+    the legend; images (B, 3, H, W)."""
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {VIEWS}, got {view!r}.")
     scale = display_scale(images.shape[2])
     image = to_uint8_image(images[index])
     image = np.asarray(Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale),
                                                      Image.BICUBIC))
-    tiles = [Image.fromarray(image), Image.fromarray(heat_overlay(image, activation_map(
-        saliency.stages[0].x[index:index + 1])[0]))]
-    captions = ["input", "backbone X1"]
+    x1 = stage_heat(saliency.stages[0].x[index:index + 1], saliency.pools[0], view)[0]
+    tiles = [Image.fromarray(image), Image.fromarray(heat_overlay(image, x1))]
+    suffix = [f" {pooling_caption(pool)}" if view == "pooled" else " energy" for pool in saliency.pools]
+    captions = ["input", "X1" + suffix[0]]
     for t in range(len(saliency.stages)):
-        tiles.append(stage_tile(image, saliency, index, t))
-        captions.append(f"stage {t + 1} Y{t + 1}")
+        tiles.append(stage_tile(image, saliency, index, t, view))
+        captions.append(f"Y{t + 1}" + suffix[t])
     for name, maps in saliency.attention.items():
-        tiles.append(Image.fromarray(heat_overlay(image, maps[index])))
-        captions.append(f"attention {name}")
-    return compose([tiles], [captions])
+        tiles.append(Image.fromarray(heat_overlay(image, maps[index], scale=(0.0, 1.0))))
+        captions.append(f"A {name} (0-1)")
+    return compose([tiles], [captions], legend=legend_lines(view, bool(saliency.attention)))
 
 
 class RankedList(NamedTuple):

@@ -1,5 +1,9 @@
 """What SCSN looks at (the paper's Fig. 6): each cascade stage's boosted map, stripe weights and suppressed stripes, and
 the RDAM spatial attention of chosen residual blocks, recorded with forward hooks (the model code is unchanged).
+
+A stage's map is drawn as what its pooling draws from each position (:func:`pooled_view`): the descriptor is made of
+that, not of the map's energy. NMFF can turn most of the map negative (``MODEL.BACKBONE.NMFF.MERGE add``), and then
+the energy sum_c x^2 is largest where the descriptor draws nothing (README, "NMFF's sign").
 """
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, NamedTuple, Sequence, Tuple
@@ -19,6 +23,7 @@ class Saliency(NamedTuple):
 
     stages: List[CascadeStage]
     attention: Dict[str, torch.Tensor]
+    pools: List[nn.Module]  # each stage head's pooling layer, stage 1 first
 
 
 def block_name(stage: int, block: int) -> str:
@@ -100,7 +105,8 @@ def compute_saliency(model: nn.Module, images: torch.Tensor, blocks: Sequence[st
     with record_attention(model, blocks) as maps:
         features = model.backbone(model.preprocess_image(images))
     stages = [CascadeStage(*(None if v is None else v.cpu() for v in stage)) for stage in model.heads.cascade(features)]
-    return Saliency(stages=stages, attention={name: a.cpu() for name, a in maps.items()})
+    return Saliency(stages=stages, attention={name: a.cpu() for name, a in maps.items()},
+                    pools=[head.pool_layer for head in model.heads.stage_heads])
 
 
 def activation_map(x: torch.Tensor) -> torch.Tensor:
