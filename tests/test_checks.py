@@ -41,3 +41,17 @@ def test_unreadable_image_names_the_file(tmp_path):
     dataset = CommDataset([(str(bad), 1, 1)], transform=None, relabel=False)
     with pytest.raises(UnreadableImageError, match="0001_c1s1_000001_00.jpg"):
         dataset[0]
+
+
+def test_a_run_shorter_than_its_warm_up_keeps_a_cosine_schedule(cfg):
+    """solver/build.py gives CosineAnnealingLR T_max = MAX_EPOCH - warm-up epochs, 0 for a one-epoch smoke run;
+    torch's scheduler then divided by zero after the first epoch."""
+    from fastreid.solver import build_lr_scheduler
+
+    cfg.SOLVER.SCHED = "CosineAnnealingLR"
+    cfg.SOLVER.MAX_EPOCH, cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.DELAY_EPOCHS = 1, 2, 0
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    cosine = build_lr_scheduler(cfg, optimizer, iters_per_epoch=3)["lr_sched"]
+    assert cosine.T_max == 1
+    cosine.step()
+    cosine.step()

@@ -44,6 +44,10 @@ def add_scsn_config(cfg):
     # Pooling of stages t >= 2 (stage 1 uses POOL_LAYER); §3.4 uses max pooling after suppression.
     _C.MODEL.HEADS.SUPPRESSED_POOL_LAYER = "GlobalMaxPool"
 
+    # Memory order of the model's weights and activations: "channels_last" (NHWC: oneDNN's bf16 and CUDA's fp16
+    # convolutions run fastest in it), "contiguous" (NCHW), or "auto": channels_last when SOLVER.AMP.ENABLED.
+    _C.MODEL.MEMORY_FORMAT = "auto"
+
     # Seed of python, numpy and torch RNGs for the run (tools/train_net.py); < 0 draws one, as fast-reid does.
     _C.SEED = -1
 

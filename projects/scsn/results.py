@@ -10,46 +10,13 @@ import os
 import platform
 import subprocess
 import sys
-from typing import Dict, List
+from typing import List
 
 import torch
 
+from .hardware import cpu_flags, cpu_model, memory_gib
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# CPU flags (Linux /proc/cpuinfo names) that set the speed of fp32, bf16 and channels_last convolutions.
-SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "bf16")
-
-
-def _cpuinfo() -> Dict[str, str]:
-    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            block = f.read().split("\n\n")[0]
-    except OSError:
-        return {}
-    fields = (line.split(":", 1) for line in block.splitlines() if ":" in line)
-    return {key.strip(): value.strip() for key, value in fields}
-
-
-def cpu_model() -> str:
-    info = _cpuinfo()
-    return info.get("model name") or info.get("Model") or platform.processor() or platform.machine()
-
-
-def cpu_flags() -> List[str]:
-    """The SPEED_FLAGS this CPU has (x86 ``flags``, Arm ``Features``)."""
-    info = _cpuinfo()
-    flags = set((info.get("flags") or info.get("Features") or "").split())
-    return [flag for flag in SPEED_FLAGS if flag in flags]
-
-
-def memory_gib() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            return round(next(int(line.split()[1]) for line in f if line.startswith("MemTotal:")) / 2**20)
-    except (OSError, StopIteration):
-        return 0
-
-
 def machine() -> dict:
     info = {
         "cpu": cpu_model(), "cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(), "memory_gib": memory_gib(),

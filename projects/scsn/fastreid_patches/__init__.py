@@ -4,7 +4,8 @@ is imported. Each patch names the upstream file:line it addresses and does nothi
 - ``compat``: the wheel on Python 3.11, torch 2, numpy 2, torchvision >= 0.16 and machines without CUDA
   (docs/fastreid_1.4.0.md lists each breakage);
 - ``guards``: clear errors (:mod:`scsn.errors`) where fastreid fails from deep inside on bad input;
-- ``checkpoint``: checkpoints written atomically, loaded without unpickling code, strictly where it matters.
+- ``checkpoint``: checkpoints written atomically, loaded without unpickling code, strictly where it matters;
+- ``precision``: the fast paths: AMP on the CPU as bf16 autocast, channels_last (``MODEL.MEMORY_FORMAT``).
 """
 
 _applied = False
@@ -18,8 +19,9 @@ def apply():
     from . import compat
 
     compat.apply()
-    from . import checkpoint, guards
+    from . import checkpoint, guards, precision
 
     guards.apply()
     checkpoint.apply()
+    precision.apply()
     _applied = True

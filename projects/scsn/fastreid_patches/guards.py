@@ -10,6 +10,7 @@ import os
 import re
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
 from fastreid.data import common
@@ -41,6 +42,23 @@ def _guard_build_model(upstream):
             raise ConfigError(f"Cannot build the model from the config: {message}") from e
 
     return build_model
+
+
+def _guard_cosine_schedule(upstream):
+    """solver/build.py:313-328 gives CosineAnnealingLR ``T_max = MAX_EPOCH - max(warm-up epochs, DELAY_EPOCHS)``; a
+    short run (a one- or two-epoch smoke test) makes it 0, and torch's scheduler divides by it after the first epoch
+    (ZeroDivisionError in lr_scheduler.py). With no epoch left for the cosine, the rate stays where the warm-up
+    leaves it: T_max 1, which the run never completes."""
+
+    @functools.wraps(upstream)
+    def build_lr_scheduler(cfg, optimizer, iters_per_epoch):
+        schedulers = upstream(cfg, optimizer, iters_per_epoch)
+        cosine = schedulers.get("lr_sched")
+        if isinstance(cosine, torch.optim.lr_scheduler.CosineAnnealingLR) and cosine.T_max < 1:
+            cosine.T_max = 1
+        return schedulers
+
+    return build_lr_scheduler
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -213,7 +231,9 @@ def apply():
     import fastreid.modeling
     import fastreid.modeling.meta_arch
     from fastreid.engine import defaults
+    import fastreid.solver
     from fastreid.modeling.meta_arch import build as meta_arch_build
+    from fastreid.solver import build as solver_build
 
     if bases.Dataset.check_before_run is not _check_before_run:
         bases.Dataset.check_before_run = _check_before_run
@@ -228,6 +248,10 @@ def apply():
         common.read_image = _guard_read_image(common.read_image)
     if not hasattr(train_loop.SimpleTrainer._write_metrics, "__wrapped__"):
         train_loop.SimpleTrainer._write_metrics = _guard_write_metrics(train_loop.SimpleTrainer._write_metrics)
+    if not hasattr(solver_build.build_lr_scheduler, "__wrapped__"):
+        build_lr_scheduler = _guard_cosine_schedule(solver_build.build_lr_scheduler)
+        for module in (solver_build, fastreid.solver, defaults):
+            module.build_lr_scheduler = build_lr_scheduler
     if not hasattr(meta_arch_build.build_model, "__wrapped__"):
         build_model = _guard_build_model(meta_arch_build.build_model)
         # Bound by name in each of these modules when they were imported.
