@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from fastreid.modeling import build_model
 from inference_helpers import CONFIG, SMALL, make_checkpoint, run_tool, small_cfg, tiny_images
 from scsn.inference.export import ExportError, compare, export_onnx, onnx_session
 from scsn.inference.extractor import FeatureExtractor
@@ -89,3 +90,31 @@ def test_export_tool_matches_at_batch_1_and_n_and_times_both(tmp_path, checkpoin
     assert [t["batch"] for t in timings] == [1, 4] and all(t["onnxruntime_ms_per_image"] > 0 for t in timings)
     with pytest.raises(SystemExit, match="already exist"):  # the .onnx is not overwritten
         run_tool("export_onnx", *argv)
+
+
+def test_feature_extractor_on_onnxruntime_gives_pytorch_descriptors(tmp_path, checkpoint, images):
+    """TEST.RUNTIME onnxruntime: the graph is exported to TEST.ONNX_FILE, checked against PyTorch, then used; a graph
+    of another model is refused by the check."""
+    onnx_file = str(tmp_path / "model.onnx")
+    eager = FeatureExtractor(small_cfg("MODEL.WEIGHTS", checkpoint[0]), model=checkpoint[1], progress=False)
+    ort = FeatureExtractor(small_cfg("MODEL.WEIGHTS", checkpoint[0], "TEST.RUNTIME", "onnxruntime",
+                                     "TEST.ONNX_FILE", onnx_file), model=checkpoint[1], progress=False)
+    assert (tmp_path / "model.onnx").is_file()
+    paths = tiny_images("query")
+    expected, out = eager(paths), ort(paths)
+    assert np.allclose(out, expected, atol=1e-5)
+
+    torch.manual_seed(7)
+    other = build_model(small_cfg()).eval()  # same architecture, other weights
+    with pytest.raises(ExportError, match="does not match the PyTorch model"):
+        FeatureExtractor(small_cfg("TEST.RUNTIME", "onnxruntime", "TEST.ONNX_FILE", onnx_file), model=other)
+
+
+def test_compiled_runtime_gives_the_eager_descriptors(checkpoint, images):
+    from scsn.inference.runtime import Runtime
+
+    model = checkpoint[1]
+    compiled = Runtime(model, small_cfg("TEST.RUNTIME", "compiled"))
+    with torch.no_grad():
+        expected, out = model(images[:4]), compiled(images[:4])
+    assert torch.allclose(out, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())

@@ -10,13 +10,11 @@ import sys
 
 import scsn  # noqa: F401  (before any fastreid import: compat patches and registrations)
 from scsn.engine import cli
-from scsn.inference.export import ROUTES, compare, export_onnx, latency, onnx_session
+from scsn.inference.export import MIN_COSINE, ROUTES, compare, export_onnx, latency, onnx_session
 from scsn.engine import build_config, load_model
 from scsn.inference.extractor import to_pil
 
 import torch
-
-MIN_COSINE = 0.9999
 
 
 def get_parser():

@@ -17,6 +17,7 @@ def get_parser():
     p.add_argument("--input", nargs="+", required=True, metavar="PATH", help="image files and / or folders")
     p.add_argument("--output", required=True, help="the .npz to write")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default TEST.IMS_PER_BATCH)")
+    cli.add_runtime_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     return p
 
@@ -26,7 +27,8 @@ def main(args):
     output = args.output if args.output.endswith(".npz") else args.output + ".npz"  # np.savez appends it anyway
     cli.refuse_to_overwrite([output], args.overwrite)
     paths = cli.collect_images(args.input)
-    features = FeatureExtractor(args.config_file, opts=args.opts, batch_size=args.batch_size)(paths)
+    features = FeatureExtractor(args.config_file, opts=cli.runtime_opts(args) + args.opts,
+                                batch_size=args.batch_size)(paths)
     np.savez(output, features=features, paths=np.asarray(paths))
     print(f"{output}: {features.shape[0]} descriptors of {features.shape[1]} dimensions")
     return output

@@ -32,6 +32,7 @@ def get_parser():
     p.add_argument("--output", help="query: write the results as JSON here")
     p.add_argument("--overwrite", action="store_true", help="build: replace an existing index")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default TEST.IMS_PER_BATCH)")
+    cli.add_runtime_arguments(p)
     return p
 
 
@@ -43,7 +44,8 @@ def main(args):
     elif args.command == "query" and args.output:
         cli.refuse_to_overwrite([args.output], args.overwrite)
     index = None if args.command == "build" else GalleryIndex.load(args.index)  # fail before the slow part
-    extractor = FeatureExtractor(args.config_file, opts=args.opts, batch_size=args.batch_size)
+    extractor = FeatureExtractor(args.config_file, opts=cli.runtime_opts(args) + args.opts,
+                                 batch_size=args.batch_size)
     features = extractor(paths)
 
     if args.command == "query":

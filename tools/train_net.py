@@ -9,7 +9,8 @@ atomic to write and safe to load. The Trainer swaps in:
 * a training loader whose batches and augmentations are a function of (seed, position in the stream), so that
   ``--resume`` continues as the uninterrupted run did and N processes train on the batches one process would
   (scsn/data/sampling.py);
-* strict loading when resuming: a checkpoint that does not fill the model stops the run.
+* strict loading when resuming: a checkpoint that does not fill the model stops the run;
+* ``TEST.RUNTIME``: evaluation with the compiled model or the exported ONNX graph instead of eager PyTorch.
 
 The last evaluation's metrics also go to ``OUTPUT_DIR/eval_results.json``. Bad input stops with one line
 (``scsn.errors.InputError``) instead of a traceback.
@@ -31,6 +32,7 @@ from scsn.data import sampling
 from scsn.engine import build_config, cli
 from scsn.evaluation import ChunkedReidEvaluator
 from scsn.fastreid_patches.checkpoint import load_weights, restore_best_metric
+from scsn.inference.runtime import Runtime
 
 
 class Trainer(DefaultTrainer):
@@ -41,6 +43,11 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         return sampling.build_train_loader(cfg)
+
+    @classmethod
+    def test(cls, cfg, model):
+        # TEST.RUNTIME: the descriptors from eager PyTorch, torch.compile or onnxruntime (scsn/inference/runtime.py).
+        return super().test(cfg, model if cfg.TEST.RUNTIME == "eager" else Runtime(model, cfg))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_dir=None):

@@ -48,6 +48,12 @@ def add_scsn_config(cfg):
     # convolutions run fastest in it), "contiguous" (NCHW), or "auto": channels_last when SOLVER.AMP.ENABLED.
     _C.MODEL.MEMORY_FORMAT = "auto"
 
+    # What computes the test descriptors (evaluation, inference tools): "eager" PyTorch, "compiled" (torch.compile),
+    # or "onnxruntime" running the ONNX graph of TEST.ONNX_FILE after a parity check (scsn/inference/runtime.py).
+    _C.TEST.RUNTIME = "eager"
+    # The ONNX graph for TEST.RUNTIME onnxruntime; exported there first when missing ("" : a temporary file).
+    _C.TEST.ONNX_FILE = ""
+
     # Seed of python, numpy and torch RNGs for the run (tools/train_net.py); < 0 draws one, as fast-reid does.
     _C.SEED = -1
 

@@ -27,6 +27,19 @@ def parser(description: str, commands: Sequence[str] = ()) -> argparse.ArgumentP
     return p
 
 
+def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
+    """``--runtime`` and ``--onnx-file``: the config's TEST.RUNTIME and TEST.ONNX_FILE (scsn/inference/runtime.py)."""
+    p.add_argument("--runtime", choices=("eager", "compiled", "onnxruntime"),
+                   help="what computes the descriptors (default: the config's TEST.RUNTIME, eager PyTorch)")
+    p.add_argument("--onnx-file", help="with --runtime onnxruntime: the ONNX graph, exported there first if missing")
+
+
+def runtime_opts(args: argparse.Namespace) -> List[str]:
+    """The config overrides of :func:`add_runtime_arguments`, to go before the command line's own."""
+    return ((["TEST.RUNTIME", args.runtime] if args.runtime else [])
+            + (["TEST.ONNX_FILE", args.onnx_file] if args.onnx_file else []))
+
+
 def dataset_tool_parser(description: str) -> argparse.ArgumentParser:
     """``parser`` plus the options of the tools that read a trained model over a dataset's test split."""
     p = parser(description)

@@ -17,6 +17,8 @@ from ..errors import ArgumentError, ExportError
 
 ROUTES = ("dynamo", "torchscript")
 INPUT, OUTPUT = "images", "features"
+# The smallest cosine similarity between PyTorch's and onnxruntime's descriptor of an image that passes the check.
+MIN_COSINE = 0.9999
 
 
 def example_input(height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -80,6 +82,16 @@ def compare(model: torch.nn.Module, session, images: torch.Tensor, batch_size: i
     cosine = (ours * theirs).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1))
     return {"batch": batch_size, "images": len(images), "max_abs_diff": float(np.abs(ours - theirs).max()),
             "min_cosine": float(cosine.min())}
+
+
+def check_parity(model: torch.nn.Module, session, images: torch.Tensor, batch_size: int) -> list:
+    """:func:`compare` at batch 1 and ``batch_size``; an :class:`ExportError` where an image's cosine < MIN_COSINE."""
+    checks = [compare(model, session, images, b) for b in (1, batch_size)]
+    worst = min(c["min_cosine"] for c in checks)
+    if worst < MIN_COSINE:
+        raise ExportError(f"The ONNX graph does not match the PyTorch model: an image's descriptors have cosine "
+                          f"{worst:.6f} < {MIN_COSINE} ({checks}). Export it again from this checkpoint and config.")
+    return checks
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:

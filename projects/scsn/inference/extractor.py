@@ -19,6 +19,7 @@ from fastreid.data.transforms import build_transforms
 from ..engine.cli import list_images
 from ..engine.defaults import build_config, load_model
 from ..errors import ArgumentError
+from .runtime import Runtime
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -46,7 +47,8 @@ class FeatureExtractor:
     ``images``: paths, PIL images or (H, W, 3) uint8 RGB arrays (or one of them). Batches of ``batch_size``
     (default ``TEST.IMS_PER_BATCH``) are read, resized and embedded one at a time, so a folder of any size fits
     in memory; ``progress`` shows a tqdm bar. ``config`` is a config file (with ``opts`` overrides) or a built
-    config; ``model`` an already loaded model of that config.
+    config; ``model`` an already loaded model of that config. The descriptors come from ``TEST.RUNTIME`` (eager
+    PyTorch, torch.compile or onnxruntime: scsn/inference/runtime.py).
     """
 
     def __init__(self, config, weights: Optional[str] = None, opts: Sequence[str] = (),
@@ -56,13 +58,14 @@ class FeatureExtractor:
                                   inference=True)
         self.cfg = config
         self.model = model.eval() if model is not None else load_model(self.cfg)
+        self.runtime = Runtime(self.model, self.cfg)
         self.transform = build_transforms(self.cfg, is_train=False)
         self.batch_size = batch_size or self.cfg.TEST.IMS_PER_BATCH
         self.progress = progress
 
     @property
     def device(self) -> torch.device:
-        return self.model.device
+        return self.runtime.device
 
     def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """images -> (B, 3, H, W) float tensor in [0, 255] at INPUT.SIZE_TEST."""
@@ -72,9 +75,9 @@ class FeatureExtractor:
     def embed_batch(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) preprocessed images -> (B, D) L2-normalised descriptors, on the CPU."""
         batch = batch.to(self.device)
-        features = self.model(batch)
+        features = self.runtime(batch)
         if self.cfg.TEST.FLIP.ENABLED:  # fast-reid's evaluation averages in the mirrored image
-            features = (features + self.model(batch.flip(dims=[3]))) / 2
+            features = (features + self.runtime(batch.flip(dims=[3]))) / 2
         return F.normalize(features.float(), dim=1).cpu()
 
     def batches(self, images: Sequence[ImageInput]) -> Iterable[Tuple[int, torch.Tensor]]:
