@@ -195,3 +195,18 @@ def test_to_tensor_matches_torchvision_layout_without_warnings(mode):
     expected = expected.reshape(5, 3, -1).permute(2, 0, 1)
     assert out.shape == expected.shape
     assert torch.equal(out.double(), expected) if mode != "I;16" else torch.equal(out.long(), expected.long())
+
+
+def test_baseline_normalises_out_of_place(cfg):
+    """modeling/meta_arch/baseline.py:130 normalised the caller's images in place: a second forward on the same
+    tensor (fast-reid's flip test, an ONNX parity check) saw them normalised twice."""
+    from fastreid.modeling import build_model
+
+    cfg.MODEL.BACKBONE.DEPTH = "18x"
+    cfg.MODEL.BACKBONE.FEAT_DIM = 512
+    model = build_model(cfg).eval()
+    images = torch.rand(2, 3, 64, 32) * 255
+    original = images.clone()
+    with torch.no_grad():
+        first, second = model(images), model(images)
+    assert torch.equal(images, original) and torch.equal(first, second)

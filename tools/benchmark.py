@@ -1,20 +1,31 @@
 #!/usr/bin/env python
-"""Cost benchmark: SCSN against fast-reid's BoT, AGW, SBS and MGN, in one run on one machine.
+"""Cost benchmark: SCSN against fast-reid's BoT, AGW, SBS and MGN, under every execution path, in one run.
 
-For each model and input size: parameters, forward FLOPs at batch 1 (torch.utils.flop_counter, which counts
-2 FLOPs per multiply-add), inference images/s at batch 1 and at --infer-batch, the time of one training step
-(forward + backward + optimizer step, fast-reid's optimizer) at --train-batch, and peak memory of a training
-step (CUDA: torch.cuda.max_memory_allocated; CPU: how far the step raises the peak RSS of a fresh process per
-model, above the RSS of the built model, so that models do not contaminate each other). Timings interleave the models and take the median of --repeats rounds, so a noisy
-machine does not decide the ranking; on CUDA each timing synchronises and follows --warmup untimed runs.
+For each model: parameters and forward FLOPs at batch 1 (torch.utils.flop_counter: 2 FLOPs per multiply-add;
+elementwise work is not counted); then, for each path, inference images/s at --infer-batch and the time of one
+training step at --train-batch (forward + backward + fast-reid's optimizer step, 751 classes). Paths:
 
-    python tools/benchmark.py                       # CPU: all models, 384x128 and 256x128
-    python tools/benchmark.py --device cuda --train-batch 64 --repeats 20
+- ``fp32``: eager PyTorch, NCHW: the default;
+- ``channels_last``: ``MODEL.MEMORY_FORMAT channels_last``;
+- ``bf16`` / ``bf16 + channels_last``: ``SOLVER.AMP.ENABLED True`` (bf16 autocast on a CPU with bf16 units, fp16 on
+  CUDA; ``MODEL.MEMORY_FORMAT auto`` makes it channels_last), skipped on a CPU without bf16 units;
+- ``compiled``: the fastest eager path under torch.compile (``TEST.RUNTIME compiled``), inference only (its
+  compilation is not timed);
+- ``onnxruntime``: the exported ONNX graph on onnxruntime's CPU provider (``TEST.RUNTIME onnxruntime``, fp32, after
+  the export's parity check), inference only, CPU only.
+
+Each model's paths are timed round-robin (--repeats rounds, the median kept), so a noisy machine does not decide
+a ratio. "x fp32" is a speed-up over the fp32 path of the same model; "modules off" is the same SCSN config with
+RDAM, NMFF, SFE and the cascade off (one stage): SCSN's own overhead is its time over that model's, to be read
+against its FLOP ratio. Peak memory of a training step (fp32 and the fastest path) is measured in a fresh process
+each. The JSON (default results/cost.json) holds the command, commit, CPU model and flags.
+
+    python tools/benchmark.py                                   # every model, 384x128
+    python tools/benchmark.py --models "SCSN-R50 (3 stages),SCSN-R50 (3 stages), modules off" --repeats 3
+    python tools/benchmark.py --device cuda --train-batch 64 --infer-batch 128
 """
 import argparse
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -23,205 +34,235 @@ import time
 import torch
 
 import scsn  # noqa: F401  (before any fastreid import)
+import scsn.results
 from fastreid.modeling import build_model
 from fastreid.solver import build_optimizer
 from fastreid.utils.events import EventStorage
 from torch.utils.flop_counter import FlopCounterMode
 
 from scsn.engine import build_config
+from scsn.hardware import bf16_units
+from scsn.inference.runtime import Runtime
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = scsn.results.ROOT
+MODULES_OFF = ["MODEL.BACKBONE.RDAM.MODE", "none", "MODEL.BACKBONE.NMFF.STAGES", "[]", "MODEL.HEADS.WITH_SFE", "False",
+               "MODEL.HEADS.NUM_STAGES", "1"]
 MODELS = {
-    "BoT-R50": "configs/Market1501/bagtricks_R50.yml",
-    "AGW-R50": "configs/Market1501/AGW_R50.yml",
-    "SBS-R50": "configs/Market1501/sbs_R50.yml",
-    "MGN-R50": "configs/Market1501/mgn_R50.yml",
-    "SCSN-R50 (3 stages)": "configs/SCSN/market_r50.yml",
-    "SCSN-R50 (4 stages)": "configs/SCSN/market_r50_4stages.yml",
-    "SCSN-R50 (3 stages; stage-3 stride 2)": "configs/SCSN/market_r50_stage3stride2.yml",
+    "BoT-R50": ("configs/Market1501/bagtricks_R50.yml", []),
+    "AGW-R50": ("configs/Market1501/AGW_R50.yml", []),
+    "SBS-R50": ("configs/Market1501/sbs_R50.yml", []),
+    "MGN-R50": ("configs/Market1501/mgn_R50.yml", []),
+    "SCSN-R50 (3 stages)": ("configs/SCSN/market_r50.yml", []),
+    "SCSN-R50 (3 stages), modules off": ("configs/SCSN/market_r50.yml", MODULES_OFF),
+    "SCSN-R50 (4 stages)": ("configs/SCSN/market_r50_4stages.yml", []),
+    "SCSN-R50 (3 stages; stage-3 stride 2)": ("configs/SCSN/market_r50_stage3stride2.yml", []),
+    "SCSN-R50 (3 stages; stage-3 stride 2), modules off": ("configs/SCSN/market_r50_stage3stride2.yml", MODULES_OFF),
+}
+# path: (MODEL.MEMORY_FORMAT, SOLVER.AMP.ENABLED, TEST.RUNTIME, trains)
+PATHS = {
+    "fp32": ("contiguous", False, "eager", True),
+    "channels_last": ("channels_last", False, "eager", True),
+    "bf16": ("contiguous", True, "eager", True),
+    "bf16 + channels_last": ("channels_last", True, "eager", True),
+    "compiled": (None, None, "compiled", False),
+    "onnxruntime": ("contiguous", False, "onnxruntime", False),
 }
 NUM_CLASSES = 751  # Market-1501's training identities
 
 
-def load_cfg(config, size, device):
+def available_paths(device):
+    """The paths this machine runs, and the fastest eager one the compiled path compiles."""
+    amp = device.startswith("cuda") or bool(bf16_units())
+    paths = [p for p in PATHS if (amp or not PATHS[p][1]) and not (p == "onnxruntime" and device != "cpu")]
+    return paths, ("bf16 + channels_last" if amp else "channels_last")
+
+
+def load_cfg(name, size, path, args):
+    config, opts = MODELS[name]
+    memory_format, amp, runtime, _ = PATHS[path]
+    if runtime == "compiled":
+        memory_format, amp, _, _ = PATHS[args.fastest]
     return build_config(os.path.join(ROOT, config), [
-        "MODEL.BACKBONE.PRETRAIN", False, "MODEL.DEVICE", device, "MODEL.HEADS.NUM_CLASSES", NUM_CLASSES,
-        "INPUT.SIZE_TRAIN", list(size), "INPUT.SIZE_TEST", list(size),
+        *opts, "MODEL.BACKBONE.PRETRAIN", False, "MODEL.DEVICE", args.device, "MODEL.HEADS.NUM_CLASSES", NUM_CLASSES,
+        "INPUT.SIZE_TRAIN", list(size), "INPUT.SIZE_TEST", list(size), "MODEL.MEMORY_FORMAT", memory_format,
+        "SOLVER.AMP.ENABLED", amp, "TEST.RUNTIME", runtime,
         # SBS and MGN freeze the backbone for their first iterations; time the steps of the whole run instead.
         "MODEL.FREEZE_LAYERS", [], "SOLVER.FREEZE_ITERS", 0,
     ])
 
 
 class Case:
-    """One model at one input size, built once, timed many times."""
+    """One model under one path at one input size, built once, timed many times."""
 
-    def __init__(self, name, size, args):
-        self.name, self.size, self.args = name, size, args
-        self.cfg = load_cfg(MODELS[name], size, args.device)
+    def __init__(self, name, size, path, args, images, targets):
+        self.path, self.args, self.images, self.targets = path, args, images, targets
+        self.cfg = load_cfg(name, size, path, args)
+        torch.manual_seed(0)
         self.model = build_model(self.cfg)
-        self.optimizer, _ = build_optimizer(self.cfg, self.model)
-        self.params = sum(p.numel() for p in self.model.parameters())
-        generator = torch.Generator().manual_seed(0)
-        h, w = size
-        self.images = {b: (torch.rand(b, 3, h, w, generator=generator) * 255).to(args.device)
-                       for b in {1, args.infer_batch, args.train_batch}}
-        self.targets = torch.arange(args.train_batch, device=args.device) // 4 % NUM_CLASSES
-        self.times = {"infer_b1": [], "infer_bN": [], "train_step": []}
-
-    def flops(self):
-        self.model.eval()
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            self.model({"images": self.images[1]})
-        return counter.get_total_flops()
-
-    def _sync(self):
-        if self.args.device.startswith("cuda"):
-            torch.cuda.synchronize()
+        self.trains = PATHS[path][3]
+        if self.trains:
+            self.optimizer, _ = build_optimizer(self.cfg, self.model)
+        self.runtime = Runtime(self.model.eval(), self.cfg)
+        self.amp_dtype = torch.bfloat16 if args.device == "cpu" else torch.float16
+        self.times = {"infer": [], "train_step": []}
 
     def _timed(self, fn):
-        self._sync()
+        if self.args.device.startswith("cuda"):
+            torch.cuda.synchronize()
         start = time.perf_counter()
         fn()
-        self._sync()
+        if self.args.device.startswith("cuda"):
+            torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    def infer(self, batch):
-        self.model.eval()
+    def infer(self):
         with torch.no_grad():
-            return self._timed(lambda: self.model({"images": self.images[batch]}))
+            return self._timed(lambda: self.runtime(self.images["infer"]))
 
     def train_step(self):
         self.model.train()
 
         def step():
-            with EventStorage(0):
-                losses = sum(self.model({"images": self.images[self.args.train_batch],
-                                         "targets": self.targets}).values())
+            with EventStorage(0), torch.autocast(self.args.device.split(":")[0], dtype=self.amp_dtype,
+                                                 enabled=self.cfg.SOLVER.AMP.ENABLED):
+                losses = sum(self.model({"images": self.images["train"], "targets": self.targets}).values())
             self.optimizer.zero_grad()
             losses.backward()
             self.optimizer.step()
 
-        return self._timed(step)
+        seconds = self._timed(step)
+        self.model.eval()
+        return seconds
 
     def run_round(self):
-        self.times["infer_b1"].append(self.infer(1))
-        self.times["infer_bN"].append(self.infer(self.args.infer_batch))
-        self.times["train_step"].append(self.train_step())
+        self.times["infer"].append(self.infer())
+        if self.trains:
+            self.times["train_step"].append(self.train_step())
 
 
-def peak_train_memory(name, size, args):
+def flops_and_params(name, size, args):
+    cfg = load_cfg(name, size, "fp32", args)
+    model = build_model(cfg).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.rand(1, 3, *size, device=args.device) * 255)
+    return counter.get_total_flops(), sum(p.numel() for p in model.parameters())
+
+
+def peak_train_memory(name, size, path, args):
     """Peak memory of one training step, in MiB, measured in a fresh process."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--peak-memory-of", name, "--sizes", "x".join(map(str, size)),
-           "--device", args.device, "--train-batch", str(args.train_batch), "--infer-batch", "1"]
+    cmd = [sys.executable, os.path.abspath(__file__), "--peak-memory-of", name, "--path", path,
+           "--sizes", "x".join(map(str, size)), "--device", args.device, "--train-batch", str(args.train_batch)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return float(out.strip().splitlines()[-1])
 
 
 def measure_peak_memory(args):
     size = parse_sizes(args.sizes)[0]
-    case = Case(args.peak_memory_of, size, args)
+    args.fastest = available_paths(args.device)[1]
+    images = {"infer": None, "train": torch.rand(args.train_batch, 3, *size, device=args.device) * 255}
+    targets = torch.arange(args.train_batch, device=args.device) // 4 % NUM_CLASSES
+    case = Case(args.peak_memory_of, size, args.path, args, images, targets)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         case.train_step()
         print(torch.cuda.max_memory_allocated() / 2 ** 20)
-    else:
-        # Reset the RSS high-water mark after imports and model building, and report how far the step
-        # raises it: the process's own libraries (about 1.5 GB for a CUDA build of torch) are left out.
-        def status_kib(field):
-            with open("/proc/self/status") as f:
-                return next(int(line.split()[1]) for line in f if line.startswith(field))
+        return
 
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        idle = status_kib("VmRSS:")
-        case.train_step()
-        print((status_kib("VmHWM:") - idle) / 1024)
+    # Reset the RSS high-water mark after imports and model building, and report how far the step raises it: the
+    # process's own libraries (about 1.5 GB for a CUDA build of torch) are left out.
+    def status_kib(field):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field))
+
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    idle = status_kib("VmRSS:")
+    case.train_step()
+    print((status_kib("VmHWM:") - idle) / 1024)
 
 
 def parse_sizes(text):
     return [tuple(int(v) for v in s.split("x")) for s in text.split(",")]
 
 
-def machine(args):
-    info = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
-    if args.device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
+def measure(names, args):
+    paths, args.fastest = available_paths(args.device)
+    results = []
+    for size in parse_sizes(args.sizes):
+        images = {"infer": torch.rand(args.infer_batch, 3, *size, device=args.device) * 255,
+                  "train": torch.rand(args.train_batch, 3, *size, device=args.device) * 255}
+        targets = torch.arange(args.train_batch, device=args.device) // 4 % NUM_CLASSES
+        for name in names:
+            flops, params = flops_and_params(name, size, args)
+            cases = [Case(name, size, path, args, images, targets) for path in paths]
+            for case in cases:  # warm-up: the first call of a compiled model compiles
+                for _ in range(args.warmup):
+                    case.run_round()
+            for _ in range(args.repeats):  # round-robin: every path sees the same machine state in each round
+                for case in cases:
+                    case.run_round()
+            for case in cases:
+                med = {k: statistics.median(v) for k, v in case.times.items() if v}
+                results.append({
+                    "model": name, "size": f"{size[0]}x{size[1]}", "path": case.path, "params_M": params / 1e6,
+                    "gflops_b1": flops / 1e9, "infer_img_s": args.infer_batch / med["infer"],
+                    "train_step_s": med.get("train_step"),
+                    "peak_train_mem_MiB": (peak_train_memory(name, size, case.path, args)
+                                           if case.path in ("fp32", args.fastest) else None),
+                    "raw_seconds": case.times,
+                })
+            print(f"{size[0]}x{size[1]} {name}: done", flush=True)
+            del cases
+    return paths, results
+
+
+def print_tables(results, paths):
+    from tabulate import tabulate
+
+    def cell(r, key, base):
+        if r is None or r.get(key) is None:
+            return "-"
+        speedup = r[key] / base[key] if key == "infer_img_s" else base[key] / r[key]
+        return f"{r[key]:.{1 if key == 'infer_img_s' else 2}f} ({speedup:.2f}x)"
+
+    for key, title in (("infer_img_s", "inference img/s (x fp32)"), ("train_step_s", "training step s (x fp32)")):
+        rows = []
+        for (model, size) in dict.fromkeys((r["model"], r["size"]) for r in results):
+            by_path = {r["path"]: r for r in results if (r["model"], r["size"]) == (model, size)}
+            base = by_path["fp32"]
+            rows.append([model, size, f"{base['gflops_b1']:.1f}"] + [
+                cell(by_path.get(p), key, base) for p in paths])
+        print(f"\n{title}")
+        print(tabulate(rows, headers=["model", "input", "GFLOPs b1"] + paths, tablefmt="pipe"))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated names from: " + ", ".join(MODELS))
-    parser.add_argument("--sizes", default="384x128,256x128", help="input sizes HxW, comma-separated")
+    parser.add_argument("--sizes", default="384x128", help="input sizes HxW, comma-separated")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--infer-batch", type=int, default=64)
+    parser.add_argument("--infer-batch", type=int, default=32)
     parser.add_argument("--train-batch", type=int, default=16, help="16 on CPU; use 64 on a GPU")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--out", default="bench/cost.json")
+    parser.add_argument("--out", default=os.path.join(ROOT, "results", "cost.json"))
     parser.add_argument("--peak-memory-of", help=argparse.SUPPRESS)
+    parser.add_argument("--path", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peak_memory_of:
         return measure_peak_memory(args)
-
     names = args.models.split(",")
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {list(MODELS)}")
-    results = []
-    for size in parse_sizes(args.sizes):
-        cases = [Case(name, size, args) for name in names]
-        for case in cases:
-            for _ in range(args.warmup):
-                case.infer(1), case.infer(args.infer_batch), case.train_step()
-        for r in range(args.repeats):  # round-robin: every model sees the same machine state in each round
-            for case in cases:
-                case.run_round()
-            print(f"{size[0]}x{size[1]}: round {r + 1}/{args.repeats} done", flush=True)
-        for case in cases:
-            med = {k: statistics.median(v) for k, v in case.times.items()}
-            results.append({
-                "model": case.name, "size": f"{size[0]}x{size[1]}", "params_M": case.params / 1e6,
-                "gflops_b1": case.flops() / 1e9,
-                "infer_b1_img_s": 1 / med["infer_b1"],
-                "infer_bN_img_s": args.infer_batch / med["infer_bN"],
-                "train_step_s": med["train_step"],
-                "peak_train_mem_MiB": peak_train_memory(case.name, size, args),
-                "raw_seconds": case.times,
-            })
-        del cases
-
-    print_table(results, args)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"machine": machine(args), "args": vars(args), "results": results}, f, indent=1)
+    paths, results = measure(names, args)
+    print_tables(results, paths)
+    record = scsn.results.record({"benchmark": "cost", "paths": paths, "fastest_eager_path": args.fastest,
+                                  "infer_batch": args.infer_batch, "train_batch": args.train_batch,
+                                  "repeats": args.repeats, "device": args.device, "results": results})
+    print(f"machine: {record['machine']}")
+    scsn.results.write(args.out, record)
     print(f"wrote {args.out}")
-
-
-def print_table(results, args):
-    from tabulate import tabulate
-
-    rows = []
-    for r in results:
-        bot = next((b for b in results if b["model"] == "BoT-R50" and b["size"] == r["size"]), None)
-
-        def ratio(key, inverse=False):
-            if bot is None:
-                return ""
-            value = bot[key] / r[key] if inverse else r[key] / bot[key]
-            return f" ({value:.2f}x)"
-
-        rows.append([
-            r["model"], r["size"], f"{r['params_M']:.1f}", f"{r['gflops_b1']:.1f}{ratio('gflops_b1')}",
-            f"{r['infer_b1_img_s']:.1f}", f"{r['infer_bN_img_s']:.1f}{ratio('infer_bN_img_s', inverse=True)}",
-            f"{r['train_step_s']:.2f}{ratio('train_step_s')}", f"{r['peak_train_mem_MiB']:.0f}",
-        ])
-    headers = ["model", "input", "params (M)", "GFLOPs b1 (x BoT)", "img/s b1",
-               f"img/s b{args.infer_batch} (time x BoT)", f"train step b{args.train_batch} s (x BoT)",
-               "train step peak mem MiB"]
-    print(tabulate(rows, headers=headers, tablefmt="pipe"))
-    print(f"machine: {machine(args)}")
 
 
 if __name__ == "__main__":

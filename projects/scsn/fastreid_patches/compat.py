@@ -396,6 +396,29 @@ def _patch_freeze_layer_count():
     solver_build._generate_optimizer_class_with_freeze_layer = generate
 
 
+def _patch_out_of_place_normalisation():
+    """modeling/meta_arch/baseline.py:130 ``preprocess_image`` normalises the caller's image tensor in place, so a
+    second forward on the same tensor normalises it twice: fast-reid's own flip test (evaluation/evaluator.py:39-40
+    flips ``inputs["images"]`` after the first forward and runs the model again), an ONNX parity check that feeds
+    the same images to both runtimes, any caller that reuses its batch. The images are normalised into a new tensor
+    (every meta-architecture built on Baseline: BoT, AGW, SBS, SCSN)."""
+    from fastreid.modeling.meta_arch import baseline
+
+    upstream = baseline.Baseline.preprocess_image
+    if getattr(upstream, "_scsn_patched", False):
+        return
+
+    @functools.wraps(upstream)
+    def preprocess_image(self, batched_inputs):
+        images = batched_inputs["images"] if isinstance(batched_inputs, dict) else batched_inputs
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"batched_inputs must be a dict or a torch.Tensor, got {type(batched_inputs)}")
+        return (images.to(self.device) - self.pixel_mean) / self.pixel_std  # (B, 3, H, W)
+
+    preprocess_image._scsn_patched = True
+    baseline.Baseline.preprocess_image = preprocess_image
+
+
 def _patch_metric_printer():
     """utils/events.py:218-221 ``CommonMetricPrinter.write`` estimates the time per iteration as the time since
     its last line over the iterations since; until IterationTimer has recorded a time (its first 3 iterations)
@@ -450,4 +473,5 @@ def apply():
     _patch_cpu_rerank()
     _patch_cpu_distributed()
     _patch_metric_printer()
+    _patch_out_of_place_normalisation()
     _patch_freeze_layer_count()

@@ -122,16 +122,6 @@ class SCSN(Baseline):
         check_stripe_heights(cfg)
         return {**super().from_config(cfg), "stage_weights": stage_weights}
 
-    def preprocess_image(self, batched_inputs):
-        """Normalise out of place: fast-reid's flip test re-reads ``batched_inputs['images']`` after a forward."""
-        if isinstance(batched_inputs, dict):
-            images = batched_inputs["images"]
-        elif isinstance(batched_inputs, torch.Tensor):
-            images = batched_inputs
-        else:
-            raise TypeError(f"batched_inputs must be a dict or a torch.Tensor, got {type(batched_inputs)}")
-        return (images.to(self.device) - self.pixel_mean) / self.pixel_std  # (B, 3, H, W)
-
     def losses(self, outputs, gt_labels):
         """outputs: the head's per-stage dicts -> {loss_<name>_s<t>: weighted loss} for t = 1..T (eq. 12)."""
         log_accuracy(outputs[0]["pred_class_logits"].detach(), gt_labels)
