@@ -7,8 +7,8 @@ training step at --train-batch (forward + backward + fast-reid's optimizer step,
 
 - ``fp32``: eager PyTorch, NCHW: the default;
 - ``channels_last``: ``MODEL.MEMORY_FORMAT channels_last``;
-- ``bf16`` / ``bf16 + channels_last``: ``SOLVER.AMP.ENABLED True`` (bf16 autocast on a CPU with bf16 units, fp16 on
-  CUDA; ``MODEL.MEMORY_FORMAT auto`` makes it channels_last), skipped on a CPU without bf16 units;
+- ``AMP`` / ``AMP + channels_last``: ``SOLVER.AMP.ENABLED True``: bf16 autocast on a CPU with bf16 units (skipped on
+  one without), fast-reid's fp16 on CUDA; ``MODEL.MEMORY_FORMAT auto`` makes it channels_last;
 - ``compiled``: the fastest eager path under torch.compile (``TEST.RUNTIME compiled``), inference only (its
   compilation is not timed);
 - ``onnxruntime``: the exported ONNX graph on onnxruntime's CPU provider (``TEST.RUNTIME onnxruntime``, fp32, after
@@ -21,7 +21,7 @@ against its FLOP ratio. Peak memory of a training step (fp32 and the fastest pat
 each. The JSON (default results/cost.json) holds the command, commit, CPU model and flags.
 
     python tools/benchmark.py                                   # every model, 384x128
-    python tools/benchmark.py --models "SCSN-R50 (3 stages),SCSN-R50 (3 stages), modules off" --repeats 3
+    python tools/benchmark.py --models "SCSN-R50 (3 stages),SCSN-R50 (modules off)" --repeats 3
     python tools/benchmark.py --device cuda --train-batch 64 --infer-batch 128
 """
 import argparse
@@ -53,28 +53,28 @@ MODELS = {
     "SBS-R50": ("configs/Market1501/sbs_R50.yml", []),
     "MGN-R50": ("configs/Market1501/mgn_R50.yml", []),
     "SCSN-R50 (3 stages)": ("configs/SCSN/market_r50.yml", []),
-    "SCSN-R50 (3 stages), modules off": ("configs/SCSN/market_r50.yml", MODULES_OFF),
+    "SCSN-R50 (modules off)": ("configs/SCSN/market_r50.yml", MODULES_OFF),
     "SCSN-R50 (4 stages)": ("configs/SCSN/market_r50_4stages.yml", []),
     "SCSN-R50 (3 stages; stage-3 stride 2)": ("configs/SCSN/market_r50_stage3stride2.yml", []),
-    "SCSN-R50 (3 stages; stage-3 stride 2), modules off": ("configs/SCSN/market_r50_stage3stride2.yml", MODULES_OFF),
+    "SCSN-R50 (stage-3 stride 2; modules off)": ("configs/SCSN/market_r50_stage3stride2.yml", MODULES_OFF),
 }
 # path: (MODEL.MEMORY_FORMAT, SOLVER.AMP.ENABLED, TEST.RUNTIME, trains)
 PATHS = {
     "fp32": ("contiguous", False, "eager", True),
     "channels_last": ("channels_last", False, "eager", True),
-    "bf16": ("contiguous", True, "eager", True),
-    "bf16 + channels_last": ("channels_last", True, "eager", True),
+    "AMP": ("contiguous", True, "eager", True),
+    "AMP + channels_last": ("channels_last", True, "eager", True),
     "compiled": (None, None, "compiled", False),
     "onnxruntime": ("contiguous", False, "onnxruntime", False),
 }
 NUM_CLASSES = 751  # Market-1501's training identities
 
 
-def available_paths(device):
-    """The paths this machine runs, and the fastest eager one the compiled path compiles."""
+def available_paths(device, wanted=tuple(PATHS)):
+    """The ``wanted`` paths this machine runs, and the fastest eager one, which the compiled path compiles."""
     amp = device.startswith("cuda") or bool(bf16_units())
-    paths = [p for p in PATHS if (amp or not PATHS[p][1]) and not (p == "onnxruntime" and device != "cpu")]
-    return paths, ("bf16 + channels_last" if amp else "channels_last")
+    paths = [p for p in wanted if (amp or not PATHS[p][1]) and not (p == "onnxruntime" and device != "cpu")]
+    return paths, ("AMP + channels_last" if amp else "channels_last")
 
 
 def load_cfg(name, size, path, args):
@@ -186,7 +186,7 @@ def parse_sizes(text):
 
 
 def measure(names, args):
-    paths, args.fastest = available_paths(args.device)
+    paths, args.fastest = available_paths(args.device, args.paths.split(","))
     results = []
     for size in parse_sizes(args.sizes):
         images = {"infer": torch.rand(args.infer_batch, 3, *size, device=args.device) * 255,
@@ -240,6 +240,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated names from: " + ", ".join(MODELS))
     parser.add_argument("--sizes", default="384x128", help="input sizes HxW, comma-separated")
+    parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated, from: " + ", ".join(PATHS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--infer-batch", type=int, default=32)
     parser.add_argument("--train-batch", type=int, default=16, help="16 on CPU; use 64 on a GPU")
@@ -252,9 +253,10 @@ def main():
     if args.peak_memory_of:
         return measure_peak_memory(args)
     names = args.models.split(",")
-    unknown = [n for n in names if n not in MODELS]
-    if unknown:
-        parser.error(f"unknown models {unknown}; choose from {list(MODELS)}")
+    unknown = [n for n in names if n not in MODELS] + [p for p in args.paths.split(",") if p not in PATHS]
+    if unknown or "fp32" not in args.paths.split(","):
+        parser.error(f"unknown models or paths {unknown} (the fp32 path is the reference: keep it); choose from "
+                     f"{list(MODELS)} and {list(PATHS)}")
     paths, results = measure(names, args)
     print_tables(results, paths)
     record = scsn.results.record({"benchmark": "cost", "paths": paths, "fastest_eager_path": args.fastest,
