@@ -49,7 +49,7 @@ for name in scsn_r50 bot_r50; do
   $PY tools/train_net.py --num-gpus 1 --config-file "${CONFIG[$name]}" "${TRAIN[@]}" OUTPUT_DIR "$OUT/$name" \
     > "$OUT/$name.log" 2>&1 || { tail -40 "$OUT/$name.log"; exit 1; }
   seconds=$(( $(date +%s) - start ))
-  it=$(grep -oP '(?<!_)time: \K[0-9.]+' "$OUT/$name.log" | tail -1)
+  it=$(grep -oP ' time: \K[0-9.]+(?=  data_time)' "$OUT/$name.log" | tail -1)
   mem=$(grep -o "max_mem: [0-9]*M" "$OUT/$name.log" | tail -1 | cut -d' ' -f2 || true)
   metrics=$($PY -c "import json; r = json.load(open('$OUT/$name/eval_results.json')); \
 print(f\"mAP {r['mAP']:.2f} Rank-1 {r['Rank-1']:.2f}\")")
