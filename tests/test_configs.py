@@ -83,3 +83,34 @@ def test_paper_configs_pool_every_stage_with_its_own_learned_gem():
         losses = model({"images": torch.rand(4, 3, 128, 64) * 255, "targets": torch.tensor([0, 0, 1, 1])})
     sum(losses.values()).backward()
     assert all(p.p.grad is not None and p.p.grad.abs().item() > 0 for p in pools)
+
+
+# The CPU budget every synthetic config shares (configs/Synthetic/*.yml). fast-reid's configs inherit from one _BASE_
+# each, which is the recipe (BoT, AGW, SBS, SCSN), so the budget is written in each recipe's leaf; the ablation rows
+# inherit it from their leaf. This keeps the copies equal.
+BUDGET = ("MODEL.BACKBONE.DEPTH", "MODEL.BACKBONE.FEAT_DIM", "MODEL.BACKBONE.PRETRAIN", "MODEL.FREEZE_LAYERS",
+          "DATASETS.NAMES", "DATASETS.TESTS", "INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST", "DATALOADER.NUM_INSTANCE",
+          "DATALOADER.NUM_WORKERS", "SOLVER.AMP.ENABLED", "SOLVER.BASE_LR", "SOLVER.IMS_PER_BATCH", "SOLVER.MAX_EPOCH",
+          "SOLVER.SCHED", "SOLVER.DELAY_EPOCHS", "SOLVER.ETA_MIN_LR", "SOLVER.WARMUP_FACTOR", "SOLVER.WARMUP_ITERS",
+          "SOLVER.FREEZE_ITERS", "SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD", "TEST.IMS_PER_BATCH")
+SYNTHETIC = [p for p in CONFIGS if p.startswith("configs/Synthetic/")]
+
+
+def budget(path):
+    cfg = get_cfg()
+    scsn.add_scsn_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, path))
+    values = {}
+    for key in BUDGET:
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        values[key] = node
+    return values
+
+
+def test_every_synthetic_config_has_the_same_cpu_budget():
+    assert len(SYNTHETIC) >= 20  # five recipes' leaves and the ablation rows
+    reference = budget("configs/Synthetic/scsn_r18.yml")
+    for path in SYNTHETIC:
+        assert budget(path) == reference, path

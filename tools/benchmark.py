@@ -20,7 +20,7 @@ RDAM, NMFF, SFE and the cascade off (one stage): SCSN's own overhead is its time
 against its FLOP ratio. Peak memory of a training step (fp32 and the fastest path) is measured in a fresh process
 each. The JSON (default results/cost.json) holds the command, commit, CPU model and flags.
 
-    python tools/benchmark.py                                   # every model, 384x128
+    python tools/benchmark.py                  # the README's models: R50 at 384x128, the synthetic R18s at 128x64
     python tools/benchmark.py --models "SCSN-R50 (3 stages),SCSN-R50 (modules off)" --repeats 3
     python tools/benchmark.py --device cuda --train-batch 64 --infer-batch 128
 """
@@ -47,17 +47,23 @@ from scsn.inference.runtime import Runtime
 ROOT = scsn.results.ROOT
 MODULES_OFF = ["MODEL.BACKBONE.RDAM.MODE", "none", "MODEL.BACKBONE.NMFF.STAGES", "[]", "MODEL.HEADS.WITH_SFE", "False",
                "MODEL.HEADS.NUM_STAGES", "1"]
+# name: (config, overrides, input size: None for --sizes)
 MODELS = {
-    "BoT-R50": ("configs/Market1501/bagtricks_R50.yml", []),
-    "AGW-R50": ("configs/Market1501/AGW_R50.yml", []),
-    "SBS-R50": ("configs/Market1501/sbs_R50.yml", []),
-    "MGN-R50": ("configs/Market1501/mgn_R50.yml", []),
-    "SCSN-R50 (3 stages)": ("configs/SCSN/market_r50.yml", []),
-    "SCSN-R50 (modules off)": ("configs/SCSN/market_r50.yml", MODULES_OFF),
-    "SCSN-R50 (4 stages)": ("configs/SCSN/market_r50_4stages.yml", []),
-    "SCSN-R50 (3 stages; stage-3 stride 2)": ("configs/SCSN/market_r50_stage3stride2.yml", []),
-    "SCSN-R50 (stage-3 stride 2; modules off)": ("configs/SCSN/market_r50_stage3stride2.yml", MODULES_OFF),
+    "BoT-R50": ("configs/Market1501/bagtricks_R50.yml", [], None),
+    "AGW-R50": ("configs/Market1501/AGW_R50.yml", [], None),
+    "SBS-R50": ("configs/Market1501/sbs_R50.yml", [], None),
+    "MGN-R50": ("configs/Market1501/mgn_R50.yml", [], None),
+    "SCSN-R50 (3 stages)": ("configs/SCSN/market_r50.yml", [], None),
+    "SCSN-R50 (modules off)": ("configs/SCSN/market_r50.yml", MODULES_OFF, None),
+    "SCSN-R50 (4 stages)": ("configs/SCSN/market_r50_4stages.yml", [], None),
+    "SCSN-R50 (3 stages; stage-3 stride 2)": ("configs/SCSN/market_r50_stage3stride2.yml", [], None),
+    "SCSN-R50 (stage-3 stride 2; modules off)": ("configs/SCSN/market_r50_stage3stride2.yml", MODULES_OFF, None),
+    # The synthetic benchmark's models, at its input size.
+    "BoT-R18": ("configs/Synthetic/bagtricks_r18.yml", [], (128, 64)),
+    "SCSN-R18": ("configs/Synthetic/scsn_r18.yml", [], (128, 64)),
 }
+DEFAULT_MODELS = ("BoT-R50", "SCSN-R50 (3 stages)", "SCSN-R50 (modules off)", "SCSN-R50 (3 stages; stage-3 stride 2)",
+                  "SCSN-R50 (stage-3 stride 2; modules off)", "BoT-R18", "SCSN-R18")
 # path: (MODEL.MEMORY_FORMAT, SOLVER.AMP.ENABLED, TEST.RUNTIME, trains)
 PATHS = {
     "fp32": ("contiguous", False, "eager", True),
@@ -78,7 +84,7 @@ def available_paths(device, wanted=tuple(PATHS)):
 
 
 def load_cfg(name, size, path, args):
-    config, opts = MODELS[name]
+    config, opts, _ = MODELS[name]
     memory_format, amp, runtime, _ = PATHS[path]
     if runtime == "compiled":
         memory_format, amp, _, _ = PATHS[args.fastest]
@@ -188,11 +194,11 @@ def parse_sizes(text):
 def measure(names, args):
     paths, args.fastest = available_paths(args.device, args.paths.split(","))
     results = []
-    for size in parse_sizes(args.sizes):
-        images = {"infer": torch.rand(args.infer_batch, 3, *size, device=args.device) * 255,
-                  "train": torch.rand(args.train_batch, 3, *size, device=args.device) * 255}
-        targets = torch.arange(args.train_batch, device=args.device) // 4 % NUM_CLASSES
-        for name in names:
+    targets = torch.arange(args.train_batch, device=args.device) // 4 % NUM_CLASSES
+    for name in names:
+        for size in [MODELS[name][2]] if MODELS[name][2] else parse_sizes(args.sizes):
+            images = {"infer": torch.rand(args.infer_batch, 3, *size, device=args.device) * 255,
+                      "train": torch.rand(args.train_batch, 3, *size, device=args.device) * 255}
             flops, params = flops_and_params(name, size, args)
             cases = [Case(name, size, path, args, images, targets) for path in paths]
             for case in cases:  # warm-up: the first call of a compiled model compiles
@@ -238,7 +244,8 @@ def print_tables(results, paths):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated names from: " + ", ".join(MODELS))
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                        help="comma-separated names from: " + ", ".join(MODELS))
     parser.add_argument("--sizes", default="384x128", help="input sizes HxW, comma-separated")
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated, from: " + ", ".join(PATHS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
