@@ -1,0 +1,216 @@
+"""Tables in the docs drawn from the committed results (``results/*.json``), so that no figure is copied by hand.
+
+A Markdown file marks each generated table with a pair of comments; the opening one names the table's kind, its JSON
+files and options::
+
+    <!-- results accuracy results/accuracy_headline.json -->
+    ...table, rewritten by tools/render_results.py...
+    <!-- /results -->
+
+:func:`render_file` rewrites every marked block of a file from its JSON; tests/test_results.py fails when a block in
+README.md or docs/ differs from what its JSON renders. Every table ends with the command, commit, date and machine
+it was measured with.
+"""
+import glob
+import os
+import re
+import shlex
+import statistics
+from typing import Callable, Dict, List
+
+from .results import ROOT, load
+
+BLOCK = re.compile(r"(<!-- results (.*?) -->\n)(.*?)(<!-- /results -->)", re.S)
+RENDERERS: Dict[str, Callable] = {}
+
+
+def renderer(kind):
+    def register(fn):
+        RENDERERS[kind] = fn
+        return fn
+    return register
+
+
+def table(headers: List[str], rows: List[List[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def provenance(*records: dict) -> str:
+    """One line per distinct (command, commit): how the table's numbers were measured."""
+    lines = []
+    for r in records:
+        m = r["machine"]
+        flags = ", ".join(m["cpu_flags"]) or "none of the listed"
+        gpu = f", {m['gpu']}" if m.get("gpu") else ""
+        line = (f"*`{r['command']}` at commit {r['commit'][:7]}, {r['date']}, on {m['cpu']} ({m['cpu_count']} cores; "
+                f"flags: {flags}){gpu}, torch {m['torch']}.*")
+        if line not in lines:
+            lines.append(line)
+    return "\n" + "\n\n".join(lines) + "\n"
+
+
+def mean_std(values: List[float]) -> str:
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
+
+
+@renderer("accuracy")
+def accuracy(records, **options):
+    """mAP and Rank-1 over seeds, row by row, from one or more accuracy records (rows of later files appended)."""
+    rows = []
+    for record in records:
+        for name, r in record["rows"].items():
+            maps = [run["mAP"] for run in r["runs"]]
+            rows.append([name, f"`{r['config']}`", mean_std(maps), mean_std([run["Rank-1"] for run in r["runs"]]),
+                         ", ".join(f"{v:.2f}" for v in maps)])
+    seeds = ", ".join(str(s) for s in records[0]["seeds"])
+    return table(["model", "config", f"mAP (seeds {seeds})", "Rank-1", "mAP per seed"], rows) + provenance(*records)
+
+
+@renderer("paired")
+def paired(records, reference, **options):
+    """Each row's mAP difference to the ``reference`` row, seed by seed (same seed: same batches and initial
+    weights up to the model's own parameters)."""
+    rows_by_name = {name: r for record in records for name, r in record["rows"].items()}
+    base = {run["seed"]: run["mAP"] for run in rows_by_name[reference]["runs"]}
+    rows = []
+    for name, r in rows_by_name.items():
+        if name == reference:
+            continue
+        diffs = [run["mAP"] - base[run["seed"]] for run in r["runs"] if run["seed"] in base]
+        rows.append([name, ", ".join(f"{d:+.2f}" for d in diffs), mean_std(diffs),
+                     f"{sum(d > 0 for d in diffs)} of {len(diffs)}"])
+    return table(["model", f"mAP − {reference}, per seed", "mean ± std", "ahead on"], rows) + provenance(*records)
+
+
+@renderer("precision")
+def precision(records, **options):
+    """The same rows trained in fp32 (first file) and under bf16 autocast (second file): mAP, the shift, and the
+    time of a run (trainings run two at a time, one thread each, in both)."""
+    fp32, bf16 = records
+    rows = []
+    for name, r in bf16["rows"].items():
+        ref = fp32["rows"][name]
+        a, b = [run["mAP"] for run in ref["runs"]], [run["mAP"] for run in r["runs"]]
+        spread = statistics.stdev(a) if len(a) > 1 else 0.0
+        shift = statistics.mean(b) - statistics.mean(a)
+        minutes = [statistics.mean(run["seconds"] for run in x["runs"]) / 60 for x in (ref, r)]
+        rows.append([name, mean_std(a), mean_std(b), f"{shift:+.2f} ({'within' if abs(shift) <= spread else 'beyond'}"
+                     f" the fp32 spread)", f"{minutes[0]:.1f} / {minutes[1]:.1f} ({minutes[0] / minutes[1]:.2f}x)"])
+    return table(["model", "fp32 mAP", "bf16 mAP", "bf16 − fp32", "minutes a run, fp32 / bf16"], rows) + \
+        provenance(*records)
+
+
+def _cost_rows(record):
+    by_model = {}
+    for r in record["results"]:
+        by_model.setdefault((r["model"], r["size"]), {})[r["path"]] = r
+    return by_model
+
+
+@renderer("cost")
+def cost(records, metric="infer", **options):
+    """Inference images/s (``metric=infer``) or the training step's seconds (``metric=train``) of every model under
+    every path, with the speed-up over the same model's fp32 path."""
+    record = records[0]
+    key = {"infer": "infer_img_s", "train": "train_step_s"}[metric]
+    paths = [p for p in record["paths"] if metric == "infer" or p not in ("compiled", "onnxruntime")]
+    rows = []
+    for (model, size), by_path in _cost_rows(record).items():
+        base = by_path["fp32"][key]
+        cells = []
+        for p in paths:
+            value = by_path.get(p, {}).get(key)
+            if value is None:
+                cells.append("-")
+                continue
+            speedup = value / base if metric == "infer" else base / value
+            cells.append(f"{value:.{1 if metric == 'infer' else 2}f} ({speedup:.2f}x)")
+        rows.append([model, size, f"{by_path['fp32']['gflops_b1']:.1f}"] + cells)
+    unit = (f"images/s at batch {record['infer_batch']}" if metric == "infer"
+            else f"s per training step at batch {record['train_batch']}")
+    return table(["model", "input", "GFLOPs (batch 1)"] + [f"{p}: {unit}" if i == 0 else p
+                                                              for i, p in enumerate(paths)], rows) + provenance(record)
+
+
+@renderer("overhead")
+def overhead(records, **options):
+    """SCSN's time over the same config with every module off, per path, against their FLOP ratio."""
+    record = records[0]
+    rows_by_model = _cost_rows(record)
+    rows = []
+    for (model, size), by_path in rows_by_model.items():
+        off_name = model.replace("(3 stages)", "(modules off)").replace(
+            "(3 stages; stage-3 stride 2)", "(stage-3 stride 2; modules off)")
+        off = rows_by_model.get((off_name, size))
+        if off is None or off_name == model:
+            continue
+        flops = by_path["fp32"]["gflops_b1"] / off["fp32"]["gflops_b1"]
+        for path, r in by_path.items():
+            infer = off[path]["infer_img_s"] / r["infer_img_s"]
+            train = (f"{r['train_step_s'] / off[path]['train_step_s']:.2f}" if r["train_step_s"] else "-")
+            rows.append([f"{model} / {off_name}", path, f"{flops:.2f}", f"{infer:.2f}", f"{infer / flops:.2f}", train])
+    return table(["models", "path", "FLOP ratio", "inference time ratio", "time ratio / FLOP ratio",
+                  "training step time ratio"], rows) + provenance(record)
+
+
+@renderer("gates")
+def gates(records, **options):
+    """NMFF's sign and what the head pools, from gate_statistics records grouped by variant (the part of each file's
+    name before ``__``), mean over the files (seeds) of each variant."""
+    quantities = [("nmff", "negative F_f", "F_f < 0"), ("nmff", "negative X^1", "X^1 < 0"),
+                  ("pooling of stage 1", "kept", "stage 1 pooling keeps"),
+                  ("on person: F_4 (stage 4 before NMFF)", "energy", "F_4 energy on person"),
+                  ("on person: X^1 (what the head reads)", "energy", "X^1 energy on person"),
+                  ("on person: X^1 (what the head reads)", "pooled", "X^1 pooled on person"),
+                  ("on person: Y^1", "pooled", "Y^1 pooled on person")]
+    groups = {}
+    for record in records:
+        groups.setdefault(record["variant"], []).append({r["row"]: r for r in record["rows"]})
+    rows = []
+    for variant, runs in groups.items():
+        cells = []
+        for row, quantity, _ in quantities:
+            values = [run[row][quantity]["mean"] for run in runs if row in run and quantity in run[row]]
+            cells.append(f"{statistics.mean(values):.2f}" if values else "-")
+        rows.append([variant, len(runs)] + cells)
+    return table(["variant", "checkpoints"] + [q[2] for q in quantities], rows) + provenance(records[0])
+
+
+def render_block(spec: str) -> str:
+    """The table of one marker, ``kind file.json [file.json ...] [key=value ...]`` (files may be globs)."""
+    words = shlex.split(spec)
+    kind, files, options = words[0], [], {}
+    for word in words[1:]:
+        if "=" in word:
+            key, value = word.split("=", 1)
+            options[key] = value
+        else:
+            files += sorted(glob.glob(os.path.join(ROOT, word))) or [os.path.join(ROOT, word)]
+    records = []
+    for path in files:
+        record = load(path)
+        record.setdefault("variant", os.path.basename(path).split("__")[0])
+        records.append(record)
+    return RENDERERS[kind](records, **options)
+
+
+def render_text(text: str) -> str:
+    return BLOCK.sub(lambda m: m.group(1) + render_block(m.group(2)) + m.group(4), text)
+
+
+def render_file(path: str, check: bool = False) -> bool:
+    """Rewrite the marked tables of ``path`` (or, with ``check``, only compare); True when it was up to date."""
+    with open(path) as f:
+        text = f.read()
+    rendered = render_text(text)
+    if rendered != text and not check:
+        with open(path, "w") as f:
+            f.write(rendered)
+    return rendered == text
+
+
+def documents() -> List[str]:
+    """README.md and every Markdown page under docs/."""
+    return [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
