@@ -164,7 +164,13 @@ def _patch_memory_format():
     @functools.wraps(upstream_optimizer)
     def build_optimizer(cfg, model, contiguous=True):
         flat = contiguous and all(p.is_contiguous() for p in model.parameters())
-        return upstream_optimizer(cfg, model, flat)
+        optimizer, param_wrapper = upstream_optimizer(cfg, model, flat)
+        if contiguous and not flat and "foreach" in optimizer.defaults:
+            # Instead of the one flat buffer: torch's multi-tensor update (its CPU default is a loop over the
+            # parameters, 1.7x slower for SCSN-R18's Adam step); the same arithmetic.
+            for group in optimizer.param_groups:
+                group["foreach"] = True
+        return optimizer, param_wrapper
 
     # Bound by name in each of these modules when they were imported.
     for module in (meta_arch_build, fastreid.modeling.meta_arch, fastreid.modeling, defaults):
