@@ -201,8 +201,9 @@ def measure(names, args):
                       "train": torch.rand(args.train_batch, 3, *size, device=args.device) * 255}
             flops, params = flops_and_params(name, size, args)
             cases = [Case(name, size, path, args, images, targets) for path in paths]
-            for case in cases:  # warm-up: the first call of a compiled model compiles, and fast-reid's ResNet, which
-                # sets its NL_*_idx lists on its first forward (modeling/backbones/resnet.py:188), makes it recompile once
+            # Warm-up: the first call of a compiled model compiles, and fast-reid's ResNet, which sets its NL_*_idx
+            # lists on its first forward (modeling/backbones/resnet.py:188), makes it recompile once.
+            for case in cases:
                 for _ in range(args.warmup + (case.path == "compiled")):
                     case.run_round()
             for _ in range(args.repeats):  # round-robin: every path sees the same machine state in each round

@@ -12,7 +12,8 @@ _applied = False
 
 
 def apply():
-    """Apply every patch, in order (the import shims first: ``guards`` imports fastreid's data and engine); idempotent."""
+    """Apply every patch, in order (the import shims first: ``guards`` imports fastreid's data and engine);
+    idempotent."""
     global _applied
     if _applied:
         return

@@ -15,8 +15,8 @@ with :class:`UnsafeCheckpointError`, before anything in the file is executed; a 
 :class:`CorruptCheckpointError`.
 
 A checkpointer with ``strict = True`` (``--resume`` in tools/train_net.py, and :func:`load_weights`, the one loader
-of trained weights for ``--eval-only``, inference and analysis) refuses a checkpoint that does not fill the model (:class:`CheckpointMismatchError`, naming the missing, unexpected and reshaped keys)
-instead of logging fast-reid's note and going on with part of the model at its initial values. Empty tensors
+of trained weights for ``--eval-only``, inference and analysis) refuses a checkpoint that does not fill the model
+(:class:`CheckpointMismatchError`, naming the missing, unexpected and reshaped keys) instead of logging fast-reid's note and going on with part of the model at its initial values. Empty tensors
 of the model are exempt: the classifier of a model built with ``MODEL.HEADS.NUM_CLASSES 0`` for evaluation has
 no rows to load.
 """
@@ -34,7 +34,8 @@ from ..errors import CheckpointError, CheckpointMismatchError, CorruptCheckpoint
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["atomic_write", "load_checkpoint_file", "check_weights_path", "load_weights", "load_best_metric", "mismatched_keys",
+__all__ = ["atomic_write", "load_checkpoint_file", "check_weights_path", "load_weights", "load_best_metric",
+           "mismatched_keys",
            "restore_best_metric", "apply"]
 
 # Keys listed per kind in a mismatch report before "... and N more".

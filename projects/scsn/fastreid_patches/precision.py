@@ -14,9 +14,13 @@ import warnings
 
 import torch
 
+from ..errors import ConfigError
 from ..hardware import bf16_units, cpu_flags, cpu_model
 
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+
+
+CPU_AMP_DTYPE = torch.bfloat16
 
 
 def fp32_loss(loss):
@@ -37,9 +41,6 @@ def fp32_loss(loss):
 
     wrapper._scsn_patched = True
     return wrapper
-
-
-CPU_AMP_DTYPE = torch.bfloat16
 
 
 def cpu_amp_enabled(cfg) -> bool:
@@ -91,8 +92,9 @@ def _patch_cpu_amp():
         units = bf16_units()
         if units:
             self.cpu_dtype = CPU_AMP_DTYPE
-            logging.getLogger(train_loop.__name__).info("SOLVER.AMP.ENABLED on the CPU: training and evaluating under bf16 autocast (%s has bf16 "
-                        "units: %s); weights, optimizer and checkpoints stay fp32.", cpu_model(), ", ".join(units))
+            logging.getLogger(train_loop.__name__).info(
+                "SOLVER.AMP.ENABLED on the CPU: training and evaluating under bf16 autocast (%s has bf16 units: %s); "
+                "weights, optimizer and checkpoints stay fp32.", cpu_model(), ", ".join(units))
         else:
             warnings.warn(f"SOLVER.AMP.ENABLED: {cpu_model()} has no bf16 units (flags found: "
                           f"{', '.join(cpu_flags()) or 'none'}), so bf16 would be emulated at a loss; training in "
@@ -131,8 +133,6 @@ def channels_last(cfg) -> bool:
     """Whether ``cfg``'s model runs in channels_last: ``MODEL.MEMORY_FORMAT channels_last``, or ``auto`` with AMP on."""
     memory_format = cfg.MODEL.MEMORY_FORMAT
     if memory_format not in MEMORY_FORMATS:
-        from ..errors import ConfigError
-
         raise ConfigError(f"MODEL.MEMORY_FORMAT must be one of {list(MEMORY_FORMATS)}, got {memory_format!r}.")
     return memory_format == "channels_last" or (memory_format == "auto" and cfg.SOLVER.AMP.ENABLED)
 
