@@ -35,8 +35,7 @@ from ..errors import CheckpointError, CheckpointMismatchError, CorruptCheckpoint
 logger = logging.getLogger(__name__)
 
 __all__ = ["atomic_write", "load_checkpoint_file", "check_weights_path", "load_weights", "load_best_metric",
-           "mismatched_keys",
-           "restore_best_metric", "apply"]
+           "mismatched_keys", "restore_best_metric", "apply"]
 
 # Keys listed per kind in a mismatch report before "... and N more".
 MAX_LISTED = 12
