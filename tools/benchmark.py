@@ -140,10 +140,13 @@ class Case:
         self.model.eval()
         return seconds
 
-    def run_round(self):
-        self.times["infer"].append(self.infer())
+    def run_round(self, record=True):
+        times = {"infer": self.infer()}
         if self.trains:
-            self.times["train_step"].append(self.train_step())
+            times["train_step"] = self.train_step()
+        if record:
+            for key, seconds in times.items():
+                self.times[key].append(seconds)
 
 
 def flops_and_params(name, size, args):
@@ -200,12 +203,13 @@ def measure(names, args):
             images = {"infer": torch.rand(args.infer_batch, 3, *size, device=args.device) * 255,
                       "train": torch.rand(args.train_batch, 3, *size, device=args.device) * 255}
             flops, params = flops_and_params(name, size, args)
+            torch._dynamo.reset()  # each model compiles afresh, not against the previous models' recompile limit
             cases = [Case(name, size, path, args, images, targets) for path in paths]
             # Warm-up: the first call of a compiled model compiles, and fast-reid's ResNet, which sets its NL_*_idx
             # lists on its first forward (modeling/backbones/resnet.py:188), makes it recompile once.
             for case in cases:
                 for _ in range(args.warmup + (case.path == "compiled")):
-                    case.run_round()
+                    case.run_round(record=False)
             for _ in range(args.repeats):  # round-robin: every path sees the same machine state in each round
                 for case in cases:
                     case.run_round()
