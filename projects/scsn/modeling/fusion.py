@@ -14,7 +14,9 @@ readings, ``MODEL.BACKBONE.NMFF.MERGE``:
 * ``bn_add``: ``F_h + BN(F_f)``, the BN initialised to zero scale and shift (fast-reid's non-local ``W_z``).
 
 ``add`` and ``add_relu`` start kappa at zero, ``bn_add`` the BN: every reading is exactly the identity at init and
-leaves the pretrained features undisturbed.
+leaves the pretrained features undisturbed. The default, and every shipped config's, is ``add``: over four seeds
+of the synthetic benchmark neither other reading beats it beyond the seeds' spread, with GeM or with average
+pooling, and what GeM pools from its map lies on the person as much as with ``add_relu`` (README, "NMFF's sign").
 """
 from typing import Iterator, List, Sequence, Tuple
 
