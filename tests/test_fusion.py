@@ -125,6 +125,23 @@ def test_add_relu_is_the_relu_of_the_sum():
     assert torch.allclose(out, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("merge", ["add", "add_relu", "bn_add"])
+def test_a_channels_last_map_stays_channels_last_with_the_same_values(merge):
+    """The head reads NMFF's output: a channels_last stage-4 map must not come back NCHW (a copy per step)."""
+    torch.manual_seed(0)
+    fusion = make_fusion(merge=merge).eval()
+    with torch.no_grad():
+        fusion.kappa.weight.normal_()
+        if fusion.kappa.bias is not None:
+            fusion.kappa.bias.normal_()
+        if merge == "bn_add":
+            fusion.norm.weight.fill_(1.5)
+    features = stage_maps()
+    out = fusion([f.contiguous(memory_format=torch.channels_last) for f in features])
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    assert torch.allclose(out, fusion(features), atol=1e-5)
+
+
 def test_bn_add_normalises_the_fused_map_with_batch_statistics():
     torch.manual_seed(0)
     fusion = make_fusion(merge="bn_add")

@@ -174,22 +174,33 @@ class MultiStageFusion(nn.Module):
             low = features[s - 1]
             yield weight @ block.pooled_value(low), block.attention(high, low).transpose(1, 2)
 
+    def accumulate(self, base: torch.Tensor, features: List[torch.Tensor]) -> torch.Tensor:
+        """``base + sum_l (K_l F_v,l) M_l^T`` as a map shaped like stage 4, (B, C_h, H_h, W_h), in stage 4's memory
+        format: for a channels_last map the products are taken transposed, (B, N_h, C_h), so that nothing is copied
+        back to NCHW."""
+        b, c, h, w = features[3].shape
+        high = features[3]
+        if not high.is_contiguous() and high.is_contiguous(memory_format=torch.channels_last):
+            out = base.permute(0, 2, 3, 1).reshape(b, h * w, c)
+            for projected, attention in self.stage_terms(features):
+                out = torch.baddbmm(out, attention.transpose(1, 2), projected.transpose(1, 2))
+            return out.reshape(b, h, w, c).permute(0, 3, 1, 2)
+        out = base.reshape(b, c, h * w)
+        for projected, attention in self.stage_terms(features):
+            out = torch.baddbmm(out, projected, attention)
+        return out.reshape(b, c, h, w)
+
     def fused(self, features: List[torch.Tensor]) -> torch.Tensor:
         """F_f = kappa(cat_l F^{hl_l}) (normalised, for ``bn_add``): (B, C_h, H_h, W_h)."""
-        out = None
-        for projected, attention in self.stage_terms(features):
-            out = projected @ attention if out is None else torch.baddbmm(out, projected, attention)
-        out = out.reshape(features[3].shape)
-        return self.norm(out) if self.merge == "bn_add" else out + self.kappa.bias[:, None, None]
+        high = features[3]
+        bias = self.kappa.bias if self.kappa.bias is not None else high.new_zeros(high.shape[1])
+        out = self.accumulate(bias[:, None, None].expand_as(high), features)
+        return self.norm(out) if self.merge == "bn_add" else out
 
     def forward(self, features: List[torch.Tensor]) -> torch.Tensor:
         """features: the maps of stages 1-4, stage 4 = F_h (B, C_h, H_h, W_h) last -> the merged map, same shape."""
         high = features[3]
         if self.merge == "bn_add":
             return high + self.fused(features)
-        b, c, h, w = high.shape
-        out = high.flatten(2) + self.kappa.bias[:, None]  # (B, C_h, N_h): F_h + b, then F_f's terms added in place
-        for projected, attention in self.stage_terms(features):
-            out = torch.baddbmm(out, projected, attention)
-        out = out.reshape(b, c, h, w)
+        out = self.accumulate(high + self.kappa.bias[:, None, None], features)  # F_h + b, then F_f's terms
         return torch.relu(out) if self.merge == "add_relu" else out
