@@ -4,7 +4,8 @@ import glob
 import os
 import re
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from scsn.results import ROOT
+
 README = open(os.path.join(ROOT, "README.md")).read()
 
 
@@ -24,8 +25,8 @@ def test_every_module_the_readme_names_exists():
     package = os.path.join(ROOT, "projects", "scsn")
     missing = [m for m in named if not glob.glob(os.path.join(package, "**", m), recursive=True)]
     assert not missing
-    packages = {os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "projects", "scsn", "*", "__init__.py"))
-                for p in [os.path.dirname(p)]}
+    packages = {os.path.basename(os.path.dirname(p))
+                for p in glob.glob(os.path.join(ROOT, "projects", "scsn", "*", "__init__.py"))}
     assert all(f"`{package}/" in section for package in packages), packages
 
 

@@ -178,17 +178,14 @@ class MultiStageFusion(nn.Module):
         """``base + sum_l (K_l F_v,l) M_l^T`` as a map shaped like stage 4, (B, C_h, H_h, W_h), in stage 4's memory
         format: for a channels_last map the products are taken transposed, (B, N_h, C_h), so that nothing is copied
         back to NCHW."""
-        b, c, h, w = features[3].shape
         high = features[3]
-        if not high.is_contiguous() and high.is_contiguous(memory_format=torch.channels_last):
-            out = base.permute(0, 2, 3, 1).reshape(b, h * w, c)
-            for projected, attention in self.stage_terms(features):
-                out = torch.baddbmm(out, attention.transpose(1, 2), projected.transpose(1, 2))
-            return out.reshape(b, h, w, c).permute(0, 3, 1, 2)
-        out = base.reshape(b, c, h * w)
+        b, c, h, w = high.shape
+        transposed = not high.is_contiguous() and high.is_contiguous(memory_format=torch.channels_last)
+        out = base.permute(0, 2, 3, 1).reshape(b, h * w, c) if transposed else base.reshape(b, c, h * w)
         for projected, attention in self.stage_terms(features):
-            out = torch.baddbmm(out, projected, attention)
-        return out.reshape(b, c, h, w)
+            out = (torch.baddbmm(out, attention.transpose(1, 2), projected.transpose(1, 2)) if transposed
+                   else torch.baddbmm(out, projected, attention))
+        return out.reshape(b, h, w, c).permute(0, 3, 1, 2) if transposed else out.reshape(b, c, h, w)
 
     def fused(self, features: List[torch.Tensor]) -> torch.Tensor:
         """F_f = kappa(cat_l F^{hl_l}) (normalised, for ``bn_add``): (B, C_h, H_h, W_h)."""
