@@ -7,6 +7,10 @@ Adam + cosine; a test keeps the copies equal) and differs only in the model. A s
 config); ``--models`` picks rows of the chosen suites. fast-reid's MGN is left out: its meta-architecture
 hard-codes ResNet50's bottleneck widths (meta_arch/mgn.py), so it cannot run at ResNet18.
 
+A Distiller row (configs/Synthetic/distill/) learns from the runs of its teachers: its KD.MODEL_CONFIG names each
+teacher's ``<OUTPUT_DIR>/config.yaml`` (the two-step recipe), the benchmark trains the config with that OUTPUT_DIR
+for the same seed first (or reuses its run) and points the student at it.
+
 Runs are deterministic for a SEED and thread count on one machine (not across machines); every run uses --threads
 torch threads whatever --jobs is, so a number does not depend on how many run at once. --jobs runs that many
 trainings side by side (default: one per CPU core). Each run's metrics are read from the ``eval_results.json`` that
@@ -22,6 +26,7 @@ tools/render_results.py draws the tables of README.md and docs/.
 """
 import argparse
 import concurrent.futures
+import glob
 import json
 import os
 import statistics
@@ -33,6 +38,7 @@ import scsn.results
 
 S = "configs/Synthetic/"
 A = S + "ablations/"
+D = S + "distill/"
 SUITES = {
     # SCSN against fast-reid's built-ins, and the model SCSN's modules sit on (BoT with SCSN's head and strides).
     "headline": {
@@ -69,6 +75,21 @@ SUITES = {
         "add_relu, average pooling": A + "avgpool_nmff_add_relu.yml",
         "bn_add, average pooling": A + "avgpool_nmff_bn_add.yml",
     },
+    # SCSN-R18 as the teacher of BoT-R18 in fast-reid's Distiller, each loss, against both ends (same seed: the
+    # student learns from the teacher trained with that seed).
+    "distill": {
+        "BoT-R18": S + "bagtricks_r18.yml",
+        "SCSN-R18 (teacher)": S + "scsn_r18.yml",
+        "SCSN-R18 -> BoT-R18, logits": D + "scsn_r18-bot_r18.yml",
+        "SCSN-R18 -> BoT-R18, descriptor": D + "scsn_r18-bot_r18_descriptor.yml",
+        "SCSN-R18 -> BoT-R18, logits + descriptor": D + "scsn_r18-bot_r18_logits_descriptor.yml",
+    },
+    # The choices behind the Distiller defaults: what the logit loss takes from a cascade teacher, and its BN mode.
+    "distill-choices": {
+        "logits: mean of the stages, teacher BN running statistics": D + "scsn_r18-bot_r18.yml",
+        "logits: mean of the stages, teacher BN batch statistics (fast-reid)": D + "choices/teacher_bn_batch.yml",
+        "logits: stage 1, teacher BN running statistics": D + "choices/stage1_logits.yml",
+    },
 }
 ROOT = scsn.results.ROOT
 METRICS = ("Rank-1", "Rank-5", "mAP", "mINP")
@@ -77,6 +98,35 @@ METRICS = ("Rank-1", "Rank-5", "mAP", "mINP")
 def run_dir(config, seed, args):
     name = os.path.splitext(os.path.relpath(config, S))[0]
     return os.path.join(args.work_dir, name + ("_bf16" if args.bf16 else ""), f"seed{seed}")
+
+
+def teachers(config):
+    """The synthetic configs whose runs a Distiller ``config`` learns from ([] for other configs): those whose
+    OUTPUT_DIR holds the ``config.yaml`` that its KD.MODEL_CONFIG names."""
+    from scsn.engine import build_config
+
+    cfg = build_config(os.path.join(ROOT, config))
+    if cfg.MODEL.META_ARCHITECTURE != "Distiller":
+        return []
+    by_output = {build_config(path).OUTPUT_DIR: os.path.relpath(path, ROOT)
+                 for path in sorted(glob.glob(os.path.join(ROOT, S, "*.yml")))}
+    found = [by_output.get(os.path.dirname(path)) for path in cfg.KD.MODEL_CONFIG]
+    if None in found:
+        raise SystemExit(f"{config}: KD.MODEL_CONFIG {list(cfg.KD.MODEL_CONFIG)} must name <OUTPUT_DIR>/config.yaml of "
+                         f"configs in {S}")
+    return found
+
+
+def kd_overrides(config, seed, args):
+    """KD.MODEL_CONFIG / KD.MODEL_WEIGHTS pointing a Distiller row at its teachers' runs of ``seed``."""
+    dirs = [run_dir(teacher, seed, args) for teacher in teachers(config)]
+    if not dirs:
+        return []
+
+    def listed(name):
+        return "(" + "".join(f'"{os.path.join(d, name)}",' for d in dirs) + ")"
+
+    return ["KD.MODEL_CONFIG", listed("config.yaml"), "KD.MODEL_WEIGHTS", listed("model_final.pth")]
 
 
 def read_metrics(out_dir, dataset):
@@ -92,7 +142,8 @@ def run(name, config, seed, args):
         sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", config,
         "DATASETS.NAMES", f'("{args.dataset}",)', "DATASETS.TESTS", f'("{args.dataset}",)', "SEED", str(seed),
         "SOLVER.MAX_EPOCH", str(args.epochs), "SOLVER.CHECKPOINT_PERIOD", str(args.epochs),
-        "TEST.EVAL_PERIOD", str(args.epochs), "SOLVER.AMP.ENABLED", str(args.bf16), "OUTPUT_DIR", out_dir, *args.opts,
+        "TEST.EVAL_PERIOD", str(args.epochs), "SOLVER.AMP.ENABLED", str(args.bf16), "OUTPUT_DIR", out_dir,
+        *kd_overrides(config, seed, args), *args.opts,
     ]
     record_file = os.path.join(out_dir, "run.json")
     if os.path.isfile(record_file):  # finished by an earlier, interrupted invocation
@@ -170,15 +221,20 @@ def main():
     seeds = [int(s) for s in args.seeds.split(",")]
 
     # Rows outer, seeds inner: an interrupted benchmark still has every seed of the first rows. A config in several
-    # suites is trained once per seed.
-    jobs = {}
+    # suites is trained once per seed. Teachers first, then the students that learn from them.
+    jobs, students = {}, {}
     for suite_rows in rows.values():
         for name, config in suite_rows.items():
+            found = teachers(config)
             for seed in seeds:
-                jobs.setdefault((config, seed), name)
+                for teacher in found:
+                    jobs.setdefault((teacher, seed), f"{os.path.basename(teacher)} (teacher)")
+                (students if found else jobs).setdefault((config, seed), name)
+    runs = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = {key: pool.submit(run, name, key[0], key[1], args) for key, name in jobs.items()}
-        runs = {key: future.result() for key, future in futures.items()}
+        for phase in (jobs, students):
+            futures = {key: pool.submit(run, name, key[0], key[1], args) for key, name in phase.items()}
+            runs.update({key: future.result() for key, future in futures.items()})
 
     for suite, suite_rows in rows.items():
         summary = summarise({name: (config, [runs[(config, seed)] for seed in seeds])

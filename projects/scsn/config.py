@@ -59,4 +59,18 @@ def add_scsn_config(cfg):
 
     # Weight of each stage's losses (intermediate supervision, eq. 12); [] weighs every stage 1.0.
     _C.MODEL.LOSSES.STAGE_WEIGHTS = []
+
+    # fast-reid's Distiller (MODEL.META_ARCHITECTURE Distiller) with SCSN teachers (scsn/fastreid_patches/distiller.py).
+    # Weight of fast-reid's logit loss loss_jsdiv; 0 turns it off (needed for a teacher trained on other identities).
+    _C.KD.LOGIT_WEIGHT = 1.0
+    # What the logit loss takes from a cascade teacher: "mean" of its T stages' logits, or "stage1"'s alone.
+    _C.KD.CASCADE_LOGITS = "mean"
+    # Teachers' BatchNorm layers use their running statistics (the teacher as evaluated) instead of each batch's.
+    _C.KD.TEACHER_BN_EVAL = True
+    # Descriptor loss (scsn/modeling/distillation.py): the student's in-batch similarity distribution learns the
+    # teacher's. Its weight; 0 turns it off.
+    _C.KD.DESCRIPTOR = CN()
+    _C.KD.DESCRIPTOR.WEIGHT = 0.0
+    # Temperature of the softmax over each image's cosine similarities to the rest of the batch.
+    _C.KD.DESCRIPTOR.TEMPERATURE = 0.05
     return cfg

@@ -21,7 +21,7 @@ from ..config import add_scsn_config
 from ..errors import ConfigError
 from ..fastreid_patches.checkpoint import check_weights_path, load_weights
 
-__all__ = ["build_config", "load_model", "resolve_device"]
+__all__ = ["build_config", "load_model", "resolve_device", "runnable_device"]
 
 
 def _config_keys(node, prefix=""):
@@ -72,11 +72,16 @@ def merge_config(cfg, config_file: Optional[str], opts: Sequence[str] = ()):
     return cfg
 
 
+def runnable_device(device: str) -> str:
+    """``device``, or "cpu" where it names CUDA and this machine has none."""
+    return "cpu" if device.startswith("cuda") and not torch.cuda.is_available() else device
+
+
 def resolve_device(cfg):
     """Every ``.to("cuda")`` fails without CUDA: on such a machine a config that asks for ``MODEL.DEVICE: cuda`` runs on
     the CPU, with one warning (``SOLVER.AMP.ENABLED`` then means bf16 autocast where the CPU has bf16 units:
     scsn/fastreid_patches/compat.py). ``cfg`` must be mutable; it is returned for chaining."""
-    if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
+    if runnable_device(cfg.MODEL.DEVICE) != cfg.MODEL.DEVICE:
         cfg.MODEL.DEVICE = "cpu"
         warnings.warn("CUDA is not available; running on the CPU: MODEL.DEVICE cuda -> cpu", stacklevel=2)
     return cfg
@@ -86,12 +91,16 @@ def build_config(config_file: Optional[str], opts: Sequence[str] = (), *, infere
                  freeze: bool = True):
     """fast-reid's defaults + SCSN's keys + ``config_file`` (None: the defaults alone) + ``KEY VALUE`` overrides, the
     device resolved for this machine. ``inference``: the checkpoint will hold every weight, so no ImageNet weights
-    are fetched."""
+    are fetched, and a Distiller's student is built alone."""
     cfg = get_cfg()
     add_scsn_config(cfg)
     merge_config(cfg, config_file, opts)
     if inference:
         cfg.MODEL.BACKBONE.PRETRAIN = False
+        if cfg.MODEL.META_ARCHITECTURE == "Distiller":
+            # A distilled student is fast-reid's Baseline (Distiller.forward in eval mode, the same state dict: the
+            # teachers are not in it); inference needs neither the teachers nor their files.
+            cfg.MODEL.META_ARCHITECTURE = "Baseline"
     resolve_device(cfg)
     if freeze:
         cfg.freeze()

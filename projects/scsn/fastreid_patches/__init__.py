@@ -5,7 +5,8 @@ is imported. Each patch names the upstream file:line it addresses and does nothi
   (docs/fastreid_1.4.0.md lists each breakage);
 - ``guards``: clear errors (:mod:`scsn.errors`) where fastreid fails from deep inside on bad input;
 - ``checkpoint``: checkpoints written atomically, loaded without unpickling code, strictly where it matters;
-- ``precision``: the fast paths: AMP on the CPU as bf16 autocast, channels_last (``MODEL.MEMORY_FORMAT``).
+- ``precision``: the fast paths: AMP on the CPU as bf16 autocast, channels_last (``MODEL.MEMORY_FORMAT``);
+- ``distiller``: SCSN models as teachers in fast-reid's ``Distiller`` (``KD.*``).
 """
 
 _applied = False
@@ -25,4 +26,7 @@ def apply():
     guards.apply()
     checkpoint.apply()
     precision.apply()
+    from . import distiller  # binds build_model and registers SCSN's modules: after the patches above
+
+    distiller.apply()
     _applied = True

@@ -1,0 +1,200 @@
+"""SCSN as a teacher in fast-reid's Distiller (scsn/fastreid_patches/distiller.py) and the descriptor loss
+(scsn/modeling/distillation.py): the loss against a hand computation, teachers that build, load strictly, get no
+gradient and stay out of the student's checkpoint, the settings, and one clear error per bad input."""
+import math
+import os
+
+import pytest
+import torch
+
+from fastreid.modeling import build_model
+from fastreid.utils.events import EventStorage
+from scsn.engine import build_config
+from scsn.errors import CheckpointError, CheckpointMismatchError, ConfigError
+from scsn.modeling.distillation import CascadeTeacherHead, similarity_distillation_loss
+from scsn.modeling.suppression import CascadedSuppressionHead
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCSN = os.path.join(ROOT, "configs", "Synthetic", "scsn_r18.yml")
+BOT = os.path.join(ROOT, "configs", "Synthetic", "bagtricks_r18.yml")
+# 64x32 images: an 8-row stage-4 map at SCSN's strides, one row to each of the K = 8 stripes.
+SMALL = ["MODEL.HEADS.NUM_CLASSES", "4", "INPUT.SIZE_TRAIN", "[64, 32]", "INPUT.SIZE_TEST", "[64, 32]",
+         "MODEL.DEVICE", "cpu"]
+TARGETS = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+
+
+def save_teacher(directory, *opts, seed=0):
+    """A trained-run folder of a small SCSN-R18: config.yaml (as fast-reid saves it) and model_final.pth."""
+    torch.manual_seed(seed)
+    cfg = build_config(SCSN, SMALL + list(opts), freeze=False)
+    model = build_model(cfg)
+    os.makedirs(directory, exist_ok=True)
+    torch.save({"model": model.state_dict()}, os.path.join(directory, "model_final.pth"))
+    with open(os.path.join(directory, "config.yaml"), "w") as f:
+        f.write(cfg.dump())
+    return os.path.join(directory, "config.yaml"), os.path.join(directory, "model_final.pth"), model
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    return save_teacher(str(tmp_path_factory.mktemp("teacher")))
+
+
+def student_cfg(teachers, *opts):
+    configs = "(" + "".join(f'"{c}",' for c, _, _ in teachers) + ")"
+    weights = "(" + "".join(f'"{w}",' for _, w, _ in teachers) + ")"
+    return build_config(BOT, SMALL + ["MODEL.META_ARCHITECTURE", "Distiller", "KD.MODEL_CONFIG", configs,
+                                      "KD.MODEL_WEIGHTS", weights, *opts])
+
+
+def train_step(model, seed=0):
+    torch.manual_seed(seed)
+    model.train()
+    with EventStorage(0):
+        return model({"images": torch.rand(8, 3, 64, 32) * 255, "targets": TARGETS.clone()})
+
+
+def test_similarity_loss_matches_a_hand_computation():
+    student = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]])
+    teacher = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    t = 0.5
+
+    def cos(a, b):
+        return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+    def neighbours(rows, i):
+        logits = [cos(rows[i], rows[j]) / t for j in range(len(rows)) if j != i]
+        z = sum(math.exp(v) for v in logits)
+        return [math.exp(v) / z for v in logits]
+
+    s_rows, t_rows = student.tolist(), teacher.tolist()
+    expected = sum(sum(p * math.log(p / q) for p, q in zip(neighbours(t_rows, i), neighbours(s_rows, i)))
+                   for i in range(3)) / 3
+    assert similarity_distillation_loss(student, teacher, t).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_similarity_loss_sees_only_the_geometry_and_trains_only_the_student():
+    torch.manual_seed(0)
+    teacher = torch.randn(8, 6)
+    rotation, _ = torch.linalg.qr(torch.randn(6, 6))
+    same_geometry = torch.cat([3.0 * teacher @ rotation, torch.zeros(8, 4)], dim=1)  # wider, rotated, rescaled
+    assert similarity_distillation_loss(same_geometry, teacher, 0.05).item() == pytest.approx(0.0, abs=1e-5)
+
+    student = torch.randn(8, 4, requires_grad=True)
+    teacher.requires_grad_(True)
+    loss = similarity_distillation_loss(student, teacher, 0.05)
+    loss.backward()
+    assert loss.item() > 0 and student.grad.abs().sum() > 0 and teacher.grad is None
+
+
+def test_cascade_teacher_head_gives_distiller_one_dict(teacher):
+    head = teacher[2].heads.train()
+    features = torch.randn(4, 512, 8, 4)
+    stages = head(features, TARGETS[:4])
+    mean = CascadeTeacherHead(head, "mean")(features, TARGETS[:4])
+    first = CascadeTeacherHead(head, "stage1")(features, TARGETS[:4])
+    logits = torch.stack([s["pred_class_logits"] for s in stages])
+    assert torch.allclose(mean["pred_class_logits"], logits.mean(0)) and torch.equal(first["pred_class_logits"],
+                                                                                       logits[0])
+    assert torch.equal(mean["features"], torch.cat([s["features"] for s in stages], dim=1))
+    assert mean["features"].shape == (4, 3 * 512)
+
+
+def test_an_scsn_teacher_trains_a_bot_student(teacher):
+    model = build_model(student_cfg([teacher], "KD.DESCRIPTOR.WEIGHT", "1.0"))
+    model_t = model.model_ts[0]
+    assert isinstance(model_t.heads, CascadeTeacherHead) and isinstance(model_t.heads.head, CascadedSuppressionHead)
+    # Loaded strictly: every tensor is the checkpoint's.
+    saved = torch.load(teacher[1])["model"]
+    assert all(torch.equal(v, saved[k]) for k, v in model_t.heads.head.state_dict().items()
+               for k in [f"heads.{k}"])
+    # Not a submodule: not in the student's checkpoint, no gradient.
+    assert not any(k.startswith("model_ts") for k in model.state_dict())
+    assert not any(p.requires_grad for p in model_t.parameters())
+    # KD.TEACHER_BN_EVAL: BatchNorm with the running statistics, the head still returning its training outputs.
+    norms = [m for m in model_t.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and not any(m.training for m in norms) and model_t.heads.training
+    before = {k: v.clone() for k, v in model_t.state_dict().items()}
+
+    losses = train_step(model)
+    assert {"loss_cls", "loss_triplet", "loss_jsdiv", "loss_kd_descriptor"} <= set(losses)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(p.grad is None for p in model_t.parameters())
+    assert model.backbone.conv1.weight.grad.abs().sum() > 0
+    assert all(torch.equal(v, before[k]) for k, v in model_t.state_dict().items())  # running statistics too
+
+
+def test_fastreids_batch_statistics_and_the_stage1_logits_are_options(teacher):
+    model = build_model(student_cfg([teacher], "KD.TEACHER_BN_EVAL", "False", "KD.CASCADE_LOGITS", "stage1"))
+    model_t = model.model_ts[0]
+    assert all(m.training for m in model_t.modules()) and model_t.heads.logits == "stage1"
+    assert torch.isfinite(train_step(model)["loss_jsdiv"])
+
+
+def test_several_teachers_and_the_ema_copy(teacher, tmp_path):
+    two_stages = save_teacher(str(tmp_path / "t2"), "MODEL.HEADS.NUM_STAGES", "2", seed=1)
+    model = build_model(student_cfg([teacher, two_stages], "KD.EMA.ENABLED", "True"))
+    ema, first, second = model.model_ts
+    assert type(ema.heads).__name__ == "EmbeddingHead" and all(m.training for m in ema.modules())
+    assert first.heads.head.num_stages == 3 and second.heads.head.num_stages == 2
+    losses = train_step(model)
+    assert torch.isfinite(losses["loss_jsdiv"])
+
+
+def test_logit_weight_scales_fastreids_loss_and_zero_leaves_it_out(teacher):
+    torch.manual_seed(0)
+    reference = train_step(build_model(student_cfg([teacher])))["loss_jsdiv"]
+    torch.manual_seed(0)
+    scaled = train_step(build_model(student_cfg([teacher], "KD.LOGIT_WEIGHT", "0.5")))["loss_jsdiv"]
+    assert scaled.item() == pytest.approx(0.5 * reference.item(), rel=1e-5)
+    losses = train_step(build_model(student_cfg([teacher], "KD.LOGIT_WEIGHT", "0.0", "KD.DESCRIPTOR.WEIGHT", "1.0")))
+    assert "loss_jsdiv" not in losses and torch.isfinite(losses["loss_kd_descriptor"])
+
+
+def test_a_teacher_of_other_identities_teaches_through_the_descriptor_alone(teacher):
+    other = ["MODEL.HEADS.NUM_CLASSES", "6"]
+    with pytest.raises(ConfigError, match=r"trained on 4 identities, the student's training set has 6.*"
+                                          r"KD.LOGIT_WEIGHT 0 and KD.DESCRIPTOR.WEIGHT 1"):
+        build_model(student_cfg([teacher], *other))
+    model = build_model(student_cfg([teacher], *other, "KD.LOGIT_WEIGHT", "0.0", "KD.DESCRIPTOR.WEIGHT", "1.0"))
+    assert torch.isfinite(train_step(model)["loss_kd_descriptor"])
+
+
+@pytest.mark.parametrize("opts,error,message", [
+    (["KD.MODEL_WEIGHTS", '("a.pth", "b.pth")'], ConfigError, "lists 1 teacher configs but KD.MODEL_WEIGHTS 2"),
+    (["KD.MODEL_CONFIG", '("missing/config.yaml",)'], ConfigError, r"KD.MODEL_CONFIG\[0\] 'missing/config.yaml' is not"),
+    (["KD.MODEL_WEIGHTS", '("missing.pth",)'], CheckpointError, r"KD.MODEL_WEIGHTS\[0\] 'missing.pth' is not a file"),
+    (["KD.MODEL_CONFIG", "()", "KD.MODEL_WEIGHTS", "()"], ConfigError, "needs a teacher"),
+    (["KD.CASCADE_LOGITS", "max"], ConfigError, "KD.CASCADE_LOGITS must be one of"),
+    (["KD.DESCRIPTOR.TEMPERATURE", "0.0"], ConfigError, "TEMPERATURE must be > 0"),
+    (["KD.LOGIT_WEIGHT", "0.0"], ConfigError, "both 0"),
+    (["MODEL.PIXEL_STD", "[1.0, 1.0, 1.0]"], ConfigError, "feeds the teacher the student's normalised images"),
+    (["MODEL.HEADS.NAME", "CascadedSuppressionHead"], ConfigError, "SCSN's cascade can be a teacher"),
+])
+def test_bad_kd_settings_stop_with_one_message(teacher, opts, error, message):
+    with pytest.raises(error, match=message):
+        build_model(student_cfg([teacher], *opts))
+
+
+def test_a_checkpoint_that_does_not_fit_its_config_is_refused(teacher, tmp_path):
+    config, weights, _ = save_teacher(str(tmp_path / "t"), "MODEL.HEADS.NUM_STAGES", "2")
+    with pytest.raises(CheckpointMismatchError, match="KD teacher checkpoint"):
+        build_model(student_cfg([(config, teacher[1], None)]))
+
+
+def test_the_student_alone_for_inference(teacher, tmp_path):
+    """A distilled student's config builds fast-reid's Baseline for inference: the teachers' files are not needed and
+    the Distiller's checkpoint fills it, strictly."""
+    from scsn.fastreid_patches.checkpoint import load_weights
+
+    model = build_model(student_cfg([teacher]))
+    path = str(tmp_path / "model_final.pth")
+    torch.save({"model": model.state_dict()}, path)
+    cfg = build_config(BOT, SMALL + ["MODEL.META_ARCHITECTURE", "Distiller", "KD.MODEL_CONFIG", '("gone.yaml",)',
+                                     "KD.MODEL_WEIGHTS", '("gone.pth",)'], inference=True)
+    student = load_weights(build_model(cfg), path).eval()
+    assert type(student).__name__ == "Baseline"
+    images = torch.rand(2, 3, 64, 32) * 255
+    with torch.no_grad():
+        assert torch.equal(student({"images": images}), model.eval()({"images": images}))
