@@ -11,11 +11,12 @@ each block's CMC weighted by its number of valid queries. Worker threads rank bl
 distances are computed (numpy's argsort, most of the ranking time, releases the GIL). Memory: a few blocks
 of ``chunk_bytes`` (256 MB by default) and their argsorts instead of the whole matrix.
 
-Limits: re-ranking (TEST.RERANK.ENABLED) and the ROC (TEST.ROC.ENABLED) need the whole matrix (re-ranking
-even an N x N one, N = queries + gallery images); with either, :meth:`ChunkedReidEvaluator.evaluate` falls
-back to fast-reid's ``ReidEvaluator.evaluate``, its memory and its time. AQE (TEST.AQE.ENABLED) is applied to
-all features first, as upstream, with upstream's per-row arithmetic on blocks of its N x N similarity
-matrix: it no longer holds that matrix but still costs O(N^2) time.
+Re-ranking (TEST.RERANK.ENABLED, with TEST.RERANK.K1, K2, LAMBDA) is fast-reid's k-reciprocal re-ranking computed
+in O(N k) memory (scsn/evaluation/rerank.py): each block's rows are the re-ranked distances. Limits: the ROC
+(TEST.ROC.ENABLED) needs the whole matrix; with it, :meth:`ChunkedReidEvaluator.evaluate` falls back to fast-reid's
+``ReidEvaluator.evaluate`` (its own dense re-ranking included), its memory and its time. AQE (TEST.AQE.ENABLED)
+is applied to all features first, as upstream, with upstream's per-row arithmetic on blocks of its N x N
+similarity matrix: it no longer holds that matrix but still costs O(N^2) time, as re-ranking's exact k-NN search.
 
 Identity with the stock evaluator: every step is upstream's, per query, in upstream's order; the one
 difference is that the distances of a block come from a matrix product over its rows instead of all rows.
@@ -39,6 +40,7 @@ from fastreid.evaluation.reid_evaluation import ReidEvaluator
 from fastreid.utils import comm
 
 from ..errors import ConfigError
+from .rerank import RerankedDistance, check_settings
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ __all__ = ["ChunkedReidEvaluator", "QueryBlockDistance", "aqe_blockwise", "block
            "valid_queries"]
 
 METRICS = ("cosine", "euclidean")
+RERANK_KEYS = ("TEST.RERANK.K1", "TEST.RERANK.K2", "TEST.RERANK.LAMBDA")
 # Blocks are made smaller than ``chunk_bytes`` allows, to give every ranking thread work, only down to this
 # many rows: MKL rounds the distances of a block this large as it does the whole matrix's (module docstring),
 # those of a much smaller one not always.
@@ -75,21 +78,32 @@ class QueryBlockDistance:
     """Rows of fast-reid's ``build_dist(query, gallery, metric)`` (utils/compute_dist.py), a block at a time.
 
     The per-row terms (normalised features, squared norms) are computed once on the whole query and gallery
-    sets, exactly as ``compute_cosine_distance`` / ``compute_euclidean_distance`` do.
+    sets, exactly as ``compute_cosine_distance`` / ``compute_euclidean_distance`` do. With ``joint``, the
+    (normalised) query and gallery features are the two parts of one (queries + gallery, d) tensor,
+    ``self.features``: the set that re-ranking searches (scsn/evaluation/rerank.py), held once.
     """
 
-    def __init__(self, query, gallery, metric):
+    def __init__(self, query, gallery, metric, *, joint=False):
         if metric not in METRICS:
             raise ConfigError(f"TEST.METRIC must be one of {METRICS}, got {metric!r}")
         self.metric = metric
         self.num_gallery = gallery.size(0)
-        if metric == "cosine":
+        if joint:
+            self.features = torch.empty(query.size(0) + gallery.size(0), query.size(1), dtype=torch.float32)
+            self.query, self.gallery = self.features[:query.size(0)], self.features[query.size(0):]
+            for part, rows in ((query, self.query), (gallery, self.gallery)):
+                if metric == "cosine":
+                    F.normalize(part, p=2, dim=1, out=rows)
+                else:
+                    rows.copy_(part)
+        elif metric == "cosine":
             self.query = F.normalize(query, p=2, dim=1)
             self.gallery = F.normalize(gallery, p=2, dim=1)
         else:
             self.query, self.gallery = query, gallery
-            self.query_sq = torch.pow(query, 2).sum(dim=1, keepdim=True)  # (num_query, 1)
-            self.gallery_sq = torch.pow(gallery, 2).sum(dim=1, keepdim=True)  # (num_gallery, 1)
+        if metric == "euclidean":
+            self.query_sq = torch.pow(self.query, 2).sum(dim=1, keepdim=True)  # (num_query, 1)
+            self.gallery_sq = torch.pow(self.gallery, 2).sum(dim=1, keepdim=True)  # (num_gallery, 1)
 
     @torch.no_grad()
     def __call__(self, rows):
@@ -131,8 +145,8 @@ class ChunkedReidEvaluator(ReidEvaluator):
     queries; see the module docstring for the method, its memory and its limits.
 
     Args:
-        cfg, num_query, output_dir: as ``ReidEvaluator``; reads TEST.METRIC, TEST.AQE.*, TEST.RERANK.ENABLED
-            and TEST.ROC.ENABLED.
+        cfg, num_query, output_dir: as ``ReidEvaluator``; reads TEST.METRIC, TEST.AQE.*, TEST.RERANK.* and
+            TEST.ROC.ENABLED.
         chunk_bytes: size of one block of float32 distances; its argsort takes twice as much.
         num_workers: blocks ranked at once, in threads; ``None``: torch's intra-op thread count, at most 4
             (each block in flight holds 3 x ``chunk_bytes``).
@@ -143,15 +157,17 @@ class ChunkedReidEvaluator(ReidEvaluator):
             raise ConfigError(f"TEST.METRIC must be one of {METRICS}, got {cfg.TEST.METRIC!r}")
         if chunk_bytes < 1:
             raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+        if cfg.TEST.RERANK.ENABLED:
+            check_settings(cfg.TEST.RERANK.K1, cfg.TEST.RERANK.K2, cfg.TEST.RERANK.LAMBDA, names=RERANK_KEYS)
         super().__init__(cfg, num_query, output_dir)
         self._chunk_bytes = chunk_bytes
         self._num_workers = num_workers or min(4, torch.get_num_threads())
 
     def evaluate(self):
-        if self.cfg.TEST.RERANK.ENABLED or self.cfg.TEST.ROC.ENABLED:
+        if self.cfg.TEST.ROC.ENABLED:
             logger.info(
-                "TEST.RERANK.ENABLED / TEST.ROC.ENABLED need the whole query x gallery distance matrix: "
-                "evaluating with fast-reid's ReidEvaluator, in O(num_query x num_gallery) memory"
+                "TEST.ROC.ENABLED needs the whole query x gallery distance matrix: evaluating with fast-reid's "
+                "ReidEvaluator, in O(num_query x num_gallery) memory (O(N^2) with TEST.RERANK.ENABLED)"
             )
             return super().evaluate()
 
@@ -174,12 +190,24 @@ class ChunkedReidEvaluator(ReidEvaluator):
                 max_rows=self._budget_rows(features.size(0)),
             )
 
+        rerank = self.cfg.TEST.RERANK
+        if rerank.ENABLED:
+            check_settings(rerank.K1, rerank.K2, rerank.LAMBDA, query_features.size(0), gallery_features.size(0),
+                           names=RERANK_KEYS)
         # Queries without a match in another camera add nothing to CMC, AP or INP (rank.py skips them);
-        # dropping them first spares their rows and keeps every block valid (rank.py asserts that).
+        # dropping them first spares their rows and keeps every block valid (rank.py asserts that). Re-ranking
+        # still encodes every query: all of them are neighbours in its k-NN lists, as upstream's.
         keep = np.flatnonzero(valid_queries(query_pids, query_camids, gallery_pids, gallery_camids))
         if keep.size == 0:
             raise AssertionError("Error: all query identities do not appear in gallery")
-        distance = QueryBlockDistance(query_features, gallery_features, self.cfg.TEST.METRIC)
+        if rerank.ENABLED:
+            logger.info("Test with rerank setting")
+            distance = RerankedDistance(
+                QueryBlockDistance(query_features, gallery_features, self.cfg.TEST.METRIC, joint=True),
+                rerank.K1, rerank.K2, rerank.LAMBDA,
+            )
+        else:
+            distance = QueryBlockDistance(query_features, gallery_features, self.cfg.TEST.METRIC)
         cmc, all_AP, all_INP = self._rank_blocks(
             distance, keep, query_pids, gallery_pids, query_camids, gallery_camids
         )
