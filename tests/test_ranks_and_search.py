@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 
 from inference_helpers import CONFIG, ROOT, SMALL, make_checkpoint, run_tool, tiny_images
+from test_rerank import upstream_reranked
+from scsn.inference.extractor import FeatureExtractor
 from scsn.inference.retrieval import GalleryIndex, ivfpq_defaults, neighbour_recall
 from scsn.visualization.pictures import CAPTION, GAP, GREEN, RED, ranked_lists
 
@@ -140,6 +142,22 @@ def test_search_tool_finds_the_identity_of_a_known_query(tmp_path, checkpoint, c
     assert int(top["path"].split("/")[-1].split("_")[0]) == known_pid
     assert json.load(open(tmp_path / "r.json")) == results
     assert "query.jpg" in capsys.readouterr().out
+
+    # --rerank: fast-reid's re-ranked distance of the query against the gallery, from the lists that build and
+    # add kept (tests/test_rerank.py checks the arithmetic on tied sets).
+    reranked = run_tool("search", "query", "--rerank", "--k1", "8", "--k2", "3", "--index", index, "--images",
+                        str(tmp_path / "query.jpg"), "--top-k", "5", "--config-file", CONFIG, *model)
+    stored = GalleryIndex.load(index, use_gpu=False)
+    query = FeatureExtractor(CONFIG, checkpoint[0], opts=SMALL)([str(tmp_path / "query.jpg")])
+    expected = upstream_reranked(torch.from_numpy(query), torch.from_numpy(stored.vectors().copy()), "cosine", 8, 3,
+                                 0.3)[0]
+    matches = reranked[0]["matches"]
+    assert [stored.paths.index(m["path"]) for m in matches] == np.argsort(expected, kind="stable")[:5].tolist()
+    np.testing.assert_allclose([m["distance"] for m in matches], np.sort(expected)[:5], atol=2e-6)
+    assert matches[0]["path"] == top["path"] and matches[0]["distance"] < 1e-5
+    with pytest.raises(SystemExit, match=r"error: --k1 \(31\) is larger than the gallery \(30 images\)"):
+        run_tool("search", "query", "--rerank", "--k1", "31", "--index", index, "--images",
+                 str(tmp_path / "query.jpg"), "--config-file", CONFIG, *model)
     with pytest.raises(SystemExit, match="already exist"):
         run_tool("search", "build", "--index", index, "--images", str(gallery), "--config-file", CONFIG, *model)
     with pytest.raises(SystemExit, match="No index at"):

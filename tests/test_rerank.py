@@ -16,6 +16,7 @@ from fastreid.utils.compute_dist import build_dist, compute_jaccard_distance
 from scsn.errors import ArgumentError, ConfigError
 from scsn.evaluation.chunked import ChunkedReidEvaluator, QueryBlockDistance
 from scsn.evaluation.rerank import RerankedDistance, check_settings, nearest_neighbours
+from scsn.inference.retrieval import GalleryIndex
 
 # The stock euclidean distance (utils/compute_dist.py:183) calls a deprecated addmm_ overload.
 pytestmark = pytest.mark.filterwarnings("ignore:This overload of addmm_ is deprecated:UserWarning")
@@ -128,3 +129,59 @@ def test_check_settings_names_the_caller_s_options():
         check_settings(2.5, 6, 0.3, 1, 10, names=("--k1", "--k2", "--lambda"), error=ArgumentError)
     check_settings(10, 10, 0.0, 1, 10)  # the bounds themselves are valid
     check_settings(10, 10, 1.0, 1, 10)
+
+
+def unit_rows(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_gallery_index_keeps_the_gallery_s_neighbour_lists(tmp_path):
+    gallery = unit_rows(np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32))
+    index = GalleryIndex(16, "flat", use_gpu=False, neighbours=12)
+    index.add(gallery[:5], [f"g{i}.jpg" for i in range(5)])  # fewer images than lists are long
+    index.save(str(tmp_path / "g.faiss"))
+    index = GalleryIndex.load(str(tmp_path / "g.faiss"), use_gpu=False)
+    index.add(gallery[5:200], [f"g{i}.jpg" for i in range(5, 200)])
+    index.add(gallery[200:], [f"g{i}.jpg" for i in range(200, 300)])
+    # Searched at once over the final gallery, normalised once more as re-ranking normalises it.
+    normalised = F.normalize(torch.from_numpy(gallery), dim=1).numpy()
+    distances, ids = faiss.knn(normalised, normalised, 12)
+    np.testing.assert_array_equal(index.neighbour_ids, ids)
+    np.testing.assert_array_equal(index.neighbour_distances, distances)
+
+
+@pytest.mark.parametrize("k1, k2, lambda_value", [(20, 6, 0.3), (9, 1, 0.0)])
+def test_gallery_rerank_is_upstreams_on_queries_and_gallery(tmp_path, k1, k2, lambda_value):
+    features, _, _ = tied_features(num_query=6, num_gallery=300)
+    features = F.normalize(features, dim=1).numpy()  # the index holds L2-normalised descriptors
+    queries, gallery = features[:6], features[6:]
+    index = GalleryIndex(32, "flat", use_gpu=False, neighbours=20)
+    index.add(gallery[:150], [f"g{i}.jpg" for i in range(150)])
+    index.add(gallery[150:], [f"g{i}.jpg" for i in range(150, 300)])
+    found, distances, ids = index.rerank(queries, 10, k1, k2, lambda_value, max_bytes=4 * 300 * 4)
+    expected = upstream_reranked(torch.from_numpy(queries), torch.from_numpy(gallery), "cosine", k1, k2,
+                                 lambda_value)
+    np.testing.assert_allclose(distances, np.sort(expected, axis=1)[:, :10], atol=2e-6)
+    np.testing.assert_allclose(np.take_along_axis(expected, ids, axis=1), distances, atol=2e-6)
+    assert found[0][0] == f"g{ids[0, 0]}.jpg"
+    assert ids[3, 0] in (5, 6, 7, 8)  # query 3's duplicates come first
+
+
+def test_gallery_rerank_refuses_what_it_cannot_do():
+    gallery = unit_rows(np.random.default_rng(1).normal(size=(30, 8)).astype(np.float32))
+    paths = [f"g{i}.jpg" for i in range(30)]
+    index = GalleryIndex(8, "flat", use_gpu=False, neighbours=10)
+    index.add(gallery, paths)
+    with pytest.raises(ArgumentError, match=r"--k1 \(31\) is larger than the gallery \(30 images\)"):
+        index.rerank(gallery[:1], 5, k1=31)
+    with pytest.raises(ArgumentError, match="this index keeps 10 .* --neighbours 20 or more"):
+        index.rerank(gallery[:1], 5, k1=20)
+    with pytest.raises(ArgumentError, match=r"--lambda .* must lie in \[0, 1\], got 2.0"):
+        index.rerank(gallery[:1], 5, k1=10, k2=3, lambda_value=2.0)
+    with pytest.raises(ArgumentError, match="the query set is empty"):
+        index.rerank(gallery[:0], 5, k1=10, k2=3)
+    ivf = GalleryIndex(8, "ivfpq", nlist=2, m=8, nbits=2, use_gpu=False)
+    ivf.add(gallery, paths)
+    with pytest.raises(ArgumentError, match="an IVF-PQ index keeps none"):
+        ivf.rerank(gallery[:1], 5, k1=5, k2=3)
+

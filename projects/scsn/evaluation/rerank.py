@@ -107,11 +107,12 @@ def nearest_neighbours(features: np.ndarray, k: int, block_rows: int = 4 * 4096)
     return ranks
 
 
-def merge_neighbours(ids: np.ndarray, distances: np.ndarray, k: int) -> np.ndarray:
-    """Row-wise the ``k`` entries of ``ids`` with the smallest ``distances``; equal distances keep the order of the
-    columns (lists built from candidate lists in index order break ties as faiss's heap does)."""
-    order = np.argsort(distances, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(ids, order, axis=1)
+def merge_neighbours(ids: np.ndarray, distances: np.ndarray, k: int):
+    """(ids, distances): row-wise the ``k`` candidates with the smallest (distance, id), in that order, as faiss's
+    result heaps keep and sort them (equal distances: the lower id first). Merging the k-NN lists of parts of a
+    set gives the lists of the whole set."""
+    order = np.lexsort((ids, distances), axis=1)[:, :k]
+    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(distances, order, axis=1)
 
 
 def _neighbour_matrix(ranks: np.ndarray, dtype=np.int32) -> sp.csr_array:
