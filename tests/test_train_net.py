@@ -6,7 +6,10 @@ import sys
 
 import pytest
 
+import fastreid.data.build
 import scsn.results
+from fastreid.engine import DefaultTrainer
+from scsn.engine import build_config, load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -31,7 +34,7 @@ def metrics(output_dir):
 
 
 @pytest.mark.parametrize("config", ["configs/Synthetic/bagtricks_r18.yml", "configs/Synthetic/scsn_r18.yml"])
-def test_train_resume_and_eval_only(tmp_path, config):
+def test_train_resume_and_eval_only(tmp_path, monkeypatch, config):
     out = tmp_path / "out"
     common = ["--config-file", config, *TINY, "OUTPUT_DIR", str(out)]
 
@@ -58,3 +61,15 @@ def test_train_resume_and_eval_only(tmp_path, config):
     code, log = train_net(tmp_path / "data", "--eval-only", *common, "MODEL.WEIGHTS", str(out / "model_final.pth"))
     assert code == 0, log[-3000:]
     assert metrics(out) == resumed
+
+    if config.endswith("scsn_r18.yml"):
+        # TEST.RERANK.ENABLED: the chunked evaluator's re-ranking gives fast-reid's dense ReidEvaluator's result.
+        weights = ["MODEL.WEIGHTS", str(out / "model_final.pth"), "TEST.RERANK.ENABLED", "True"]
+        code, log = train_net(tmp_path / "data", "--eval-only", *common, *weights)
+        assert code == 0 and "Test with rerank setting" in log, log[-3000:]
+        reranked = metrics(out)
+        monkeypatch.setattr(fastreid.data.build, "_root", str(tmp_path / "data"))  # read at import otherwise
+        cfg = build_config(config, [*TINY, "OUTPUT_DIR", str(tmp_path / "stock"), *weights], inference=True)
+        expected = DefaultTrainer.test(cfg, load_model(cfg))  # fast-reid's own trainer: ReidEvaluator
+        assert reranked != resumed and set(reranked) == set(expected)
+        assert all(abs(reranked[key] - expected[key]) <= 0.05 for key in expected), (reranked, expected)
