@@ -15,8 +15,15 @@ The stock evaluator holds the whole query x gallery float32 matrix and its int64
 11.5 GB at MSMT17 size); a stock case whose estimate exceeds half of the memory available now is skipped
 unless --force-stock.
 
+--rerank evaluates with TEST.RERANK.ENABLED (fast-reid's K1 20, K2 6, LAMBDA 0.3): the stock evaluator's dense
+k-reciprocal re-ranking (two (queries + gallery)^2 float32 matrices at once, 79 GB at MSMT17 size) against the
+chunked evaluator's (scsn/evaluation/rerank.py), whose exact k-NN search is also timed alone. Each record keeps
+the 1-minute load average before and after its case: the machine may be shared, and a loaded machine's times
+overstate.
+
     python tools/benchmark_eval.py                        # 768-d, both protocols
     python tools/benchmark_eval.py --dim 768 2048 --out bench/eval.json
+    python tools/benchmark_eval.py --rerank --dim 2048 6144          # writes results/eval_rerank.json
 """
 import argparse
 import json
@@ -37,10 +44,12 @@ EVALUATORS = ("stock", "chunked")
 BATCH = 512
 
 
-def stock_bytes(num_query, num_gallery, dim, **_):
+def stock_bytes(num_query, num_gallery, dim, rerank=False, **_):
     """Estimated peak RSS of a stock case: float32 distances + their int64 argsort, two copies of the features
-    (the predictions and their concatenation) and the ~0.9 GB that importing torch and fastreid takes."""
-    return 12 * num_query * num_gallery + 2 * 4 * (num_query + num_gallery) * dim + 1e9
+    (the predictions and their concatenation) and the ~0.9 GB that importing torch and fastreid takes; re-ranking
+    adds two N x N float32 matrices and a boolean one (compute_dist.py:144, :156, :170; N = queries + gallery)."""
+    num = num_query + num_gallery
+    return 12 * num_query * num_gallery + 2 * 4 * num * dim + 1e9 + (9 * num * num if rerank else 0)
 
 
 def available_bytes():
@@ -72,7 +81,20 @@ def run_case(case):
         batch = pids[start:start + BATCH]
         features[start:start + BATCH] = prototypes[batch] + torch.randn(batch.numel(), dim, generator=g)
 
-    cfg = build_config(None, ["TEST.METRIC", case["metric"]])
+    cfg = build_config(None, ["TEST.METRIC", case["metric"], "TEST.RERANK.ENABLED", case["rerank"]])
+    timed = {}
+    if case["rerank"] and case["evaluator"] == "chunked":
+        from scsn.evaluation import rerank
+
+        search = rerank.nearest_neighbours
+
+        def nearest_neighbours(*args, **kwargs):  # the exact k-NN search's share of the time
+            start = time.perf_counter()
+            ranks = search(*args, **kwargs)
+            timed["knn_seconds"] = time.perf_counter() - start
+            return ranks
+
+        rerank.nearest_neighbours = nearest_neighbours
     evaluator_class = ReidEvaluator if case["evaluator"] == "stock" else ChunkedReidEvaluator
     evaluator = evaluator_class(cfg, p["num_query"])
     for start in range(0, num, BATCH):
@@ -88,7 +110,7 @@ def run_case(case):
         results = evaluator.evaluate()
         seconds.append(time.perf_counter() - start)
     return {
-        **case, "num_query": p["num_query"], "num_gallery": p["num_gallery"],
+        **case, **timed, "num_query": p["num_query"], "num_gallery": p["num_gallery"],
         "seconds": statistics.median(seconds), "raw_seconds": seconds,
         "peak_rss_GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
         "evaluate_added_GB": (status_kib("VmHWM:") - before_kib) * 1024 / 1e9,
@@ -106,20 +128,23 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force-stock", action="store_true",
                         help="run the stock evaluator whatever its memory estimate")
-    parser.add_argument("--out", default="results/eval.json")
+    parser.add_argument("--rerank", action="store_true",
+                        help="evaluate with fast-reid's k-reciprocal re-ranking (TEST.RERANK.ENABLED)")
+    parser.add_argument("--out", help="default: results/eval.json, with --rerank results/eval_rerank.json")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))
         return
 
+    out = args.out or ("results/eval_rerank.json" if args.rerank else "results/eval.json")
     records = []
     for protocol in args.protocols:
         for dim in args.dim:
             for evaluator in args.evaluators:
                 case = {"protocol": protocol, "dim": dim, "evaluator": evaluator, "metric": args.metric,
-                        "repeats": args.repeats, "seed": args.seed}
-                need, free = stock_bytes(dim=dim, **PROTOCOLS[protocol]), available_bytes()
+                        "rerank": args.rerank, "repeats": args.repeats, "seed": args.seed}
+                need, free = stock_bytes(dim=dim, rerank=args.rerank, **PROTOCOLS[protocol]), available_bytes()
                 if evaluator == "stock" and need > free / 2 and not args.force_stock:
                     case["skipped"] = (f"skipped: needs ~{need / 1e9:.1f} GB, more than half of the "
                                        f"{free / 1e9:.1f} GB available (--force-stock runs it)")
@@ -127,10 +152,12 @@ def main():
                     records.append(case)
                     continue
                 cmd = [sys.executable, os.path.abspath(__file__), "--case", json.dumps(case)]
+                load_before = os.getloadavg()[0]
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode != 0:
                     sys.exit(f"{protocol} {dim}-d {evaluator} failed:\n{done.stderr[-3000:]}")
                 record = json.loads(done.stdout.strip().splitlines()[-1])
+                record["load_1min"] = [load_before, os.getloadavg()[0]]
                 print(f"{protocol} {dim}-d {evaluator}: {record['seconds']:.1f} s, "
                       f"peak RSS {record['peak_rss_GB']:.2f} GB", flush=True)
                 records.append(record)
@@ -138,8 +165,8 @@ def main():
     print_table(records)
     import scsn.results
 
-    scsn.results.write(args.out, scsn.results.record({"benchmark": "eval", "results": records}))
-    print(f"wrote {args.out}")
+    scsn.results.write(out, scsn.results.record({"benchmark": "eval", "results": records}))
+    print(f"wrote {out}")
 
 
 def print_table(records):

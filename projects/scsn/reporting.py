@@ -178,6 +178,31 @@ def gates(records, **options):
     return table(["variant", "checkpoints"] + [q[2] for q in quantities], rows) + provenance(records[0])
 
 
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+@renderer("eval")
+def evaluation(records, **options):
+    """Evaluation cost (tools/benchmark_eval.py): per protocol, descriptor width and evaluator, the time of
+    ``evaluate()`` (with re-ranking, the exact k-NN search's share), the process's peak RSS, the metrics, and the
+    machine's 1-minute load average before and after the case (a loaded machine's times overstate)."""
+    record = records[0]
+    names = {"stock": "fast-reid's ReidEvaluator", "chunked": "ChunkedReidEvaluator"}
+    rows = []
+    for r in record["results"]:
+        case = [r["protocol"], f"{r['dim']}-d", names[r["evaluator"]], "yes" if r.get("rerank") else "no"]
+        if "skipped" in r:
+            rows.append(case + ["-", "-", r["skipped"].replace("skipped: ", "not run: "), "-", "-"])
+            continue
+        search = _minutes(r["knn_seconds"]) if "knn_seconds" in r else "-"
+        rows.append(case + [_minutes(r["seconds"]), search, f"{r['peak_rss_GB']:.2f}",
+                            f"{r['results']['Rank-1']:.2f} / {r['results']['mAP']:.2f}",
+                            " / ".join(f"{v:.1f}" for v in r["load_1min"])])
+    return table(["protocol", "descriptor", "evaluator", "re-ranking", "evaluate()", "of which k-NN search",
+                  "peak RSS GB", "Rank-1 / mAP", "load before / after"], rows) + provenance(record)
+
+
 def render_block(spec: str) -> str:
     """The table of one marker, ``kind file.json [file.json ...] [key=value ...]`` (files may be globs)."""
     words = shlex.split(spec)

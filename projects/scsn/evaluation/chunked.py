@@ -208,6 +208,7 @@ class ChunkedReidEvaluator(ReidEvaluator):
             )
         else:
             distance = QueryBlockDistance(query_features, gallery_features, self.cfg.TEST.METRIC)
+        del features, query_features, gallery_features  # the distance holds what it needs (re-ranking: a copy)
         cmc, all_AP, all_INP = self._rank_blocks(
             distance, keep, query_pids, gallery_pids, query_camids, gallery_camids
         )
