@@ -1,11 +1,18 @@
 """SCSN as a teacher in fast-reid's Distiller (scsn/fastreid_patches/distiller.py) and the descriptor loss
 (scsn/modeling/distillation.py): the loss against a hand computation, teachers that build, load strictly, get no
 gradient and stay out of the student's checkpoint, the settings, and one clear error per bad input."""
+import glob
 import math
 import os
+import re
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
+
+import scsn.results
 
 from fastreid.modeling import build_model
 from fastreid.utils.events import EventStorage
@@ -13,6 +20,9 @@ from scsn.engine import build_config
 from scsn.errors import CheckpointError, CheckpointMismatchError, ConfigError
 from scsn.modeling.distillation import CascadeTeacherHead, similarity_distillation_loss
 from scsn.modeling.suppression import CascadedSuppressionHead
+
+from inference_helpers import run_tool
+from test_train_net import TINY, train_net
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCSN = os.path.join(ROOT, "configs", "Synthetic", "scsn_r18.yml")
@@ -198,3 +208,167 @@ def test_the_student_alone_for_inference(teacher, tmp_path):
     images = torch.rand(2, 3, 64, 32) * 255
     with torch.no_grad():
         assert torch.equal(student({"images": images}), model.eval()({"images": images}))
+
+
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yml"), recursive=True))
+RECIPES = sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*.yml")))  # the leaves a recipe's step 1 can train
+DISTILL = [p for p in CONFIGS if f"{os.sep}distill{os.sep}" in p and not os.path.basename(p).startswith("Base-")]
+TEST_OPTS = ["MODEL.DEVICE", "cpu", "MODEL.BACKBONE.PRETRAIN", "False", "MODEL.HEADS.NUM_CLASSES", "4",
+             "INPUT.SIZE_TRAIN", "[128, 64]", "INPUT.SIZE_TEST", "[128, 64]"]
+
+
+@pytest.fixture(scope="module")
+def recipe_runs(tmp_path_factory):
+    """Step 1 of a recipe at a small size, once per teacher config: {config: (config.yaml, model_final.pth)}."""
+    runs = {}
+
+    def run(config):
+        if config not in runs:
+            torch.manual_seed(0)
+            cfg = build_config(config, TEST_OPTS, freeze=False)
+            folder = tmp_path_factory.mktemp("run")
+            torch.save({"model": build_model(cfg).state_dict()}, folder / "model_final.pth")
+            (folder / "config.yaml").write_text(cfg.dump())
+            runs[config] = (str(folder / "config.yaml"), str(folder / "model_final.pth"))
+        return runs[config]
+
+    return run
+
+
+def test_every_distill_config_is_found():
+    assert len(DISTILL) >= 20 and any("Synthetic" in p for p in DISTILL)
+
+
+# Leaves that differ only in data, teacher run, the depth of fast-reid's ResNet (tests/test_configs.py builds those)
+# or a KD setting the tests above cover distill alike: train each set of losses once per family, the first leaf.
+_UNIQUE = {}
+for _path in sorted(DISTILL, key=lambda p: "choices" in p):
+    _kd = build_config(_path).KD
+    _UNIQUE.setdefault(("Synthetic" in _path, _kd.LOGIT_WEIGHT > 0, _kd.DESCRIPTOR.WEIGHT > 0), _path)
+
+
+@pytest.mark.parametrize("path", DISTILL, ids=lambda p: os.path.relpath(p, ROOT))
+def test_distill_configs_learn_from_the_run_of_a_shipped_scsn_config(path):
+    """Each leaf's KD.MODEL_CONFIG is <OUTPUT_DIR>/config.yaml of a shipped SCSN config (step 1 of its recipe), on
+    the student's data and input size; the student keeps fast-reid's strides and BoT's width."""
+    from scsn.engine.defaults import recipe_teachers
+
+    cfg = build_config(path)
+    teachers = [build_config(t) for t in recipe_teachers(cfg, RECIPES)]
+    assert teachers and all(t.MODEL.META_ARCHITECTURE == "SCSN" for t in teachers)
+    assert all(t.DATASETS.NAMES == cfg.DATASETS.NAMES and t.INPUT.SIZE_TEST == cfg.INPUT.SIZE_TRAIN
+               for t in teachers)
+    assert cfg.MODEL.BACKBONE.NAME == "build_resnet_backbone" and cfg.MODEL.BACKBONE.LAST_STRIDE == 1
+    assert cfg.MODEL.HEADS.NAME == "EmbeddingHead" and cfg.MODEL.HEADS.EMBEDDING_DIM == 0
+
+
+@pytest.mark.parametrize("path", sorted(_UNIQUE.values()), ids=lambda p: os.path.relpath(p, ROOT))
+def test_distill_configs_train_with_their_teachers(path, recipe_runs):
+    """With step 1's run in place (here at a small size) the student builds, trains a step and embeds."""
+    from scsn.engine.defaults import recipe_teachers
+
+    runs = [recipe_runs(t) for t in recipe_teachers(build_config(path), RECIPES)]
+    cfg = build_config(path, TEST_OPTS + [
+        "KD.MODEL_CONFIG", "(" + "".join(f'"{c}",' for c, _ in runs) + ")",
+        "KD.MODEL_WEIGHTS", "(" + "".join(f'"{w}",' for _, w in runs) + ")"])
+    model = build_model(cfg)
+    model.train()
+    with EventStorage(0):
+        losses = model({"images": torch.rand(4, 3, 128, 64) * 255, "targets": torch.tensor([0, 0, 1, 1])})
+    assert any(k in losses for k in ("loss_jsdiv", "loss_kd_descriptor"))
+    assert all(torch.isfinite(v) for v in losses.values())
+    model.eval()
+    with torch.no_grad():
+        assert model({"images": torch.rand(2, 3, 128, 64) * 255}).shape == (2, cfg.MODEL.BACKBONE.FEAT_DIM)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# End to end: the two-step recipe through tools/train_net.py and through fast-reid's own FastDistill script.
+
+FASTDISTILL_SCRIPT = textwrap.dedent('''
+    import scsn  # the first of the two lines: before any fastreid import
+
+    import sys
+
+    from fastreid.config import get_cfg
+    from fastreid.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+    from fastreid.utils.checkpoint import Checkpointer
+
+
+    def setup(args):
+        cfg = get_cfg()
+        scsn.add_scsn_config(cfg)  # the second: SCSN's config keys, before merging a config
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts)
+        cfg.freeze()
+        default_setup(cfg, args)
+        return cfg
+
+
+    def main(args):
+        cfg = setup(args)
+        if args.eval_only:
+            model = DefaultTrainer.build_model(cfg)
+            Checkpointer(model, save_dir=cfg.OUTPUT_DIR).load(cfg.MODEL.WEIGHTS)
+            return DefaultTrainer.test(cfg, model)
+        trainer = DefaultTrainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        return trainer.train()
+
+
+    if __name__ == "__main__":
+        args = default_argument_parser().parse_args()
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
+''')
+ONE_EPOCH = TINY + ["SOLVER.MAX_EPOCH", "1", "TEST.EVAL_PERIOD", "1", "SOLVER.CHECKPOINT_PERIOD", "1"]
+
+
+@pytest.fixture(scope="module")
+def trained_teacher(tmp_path_factory):
+    """Step 1: SCSN-R18 trained by tools/train_net.py (one epoch of SyntheticReIDTiny)."""
+    root = tmp_path_factory.mktemp("recipe")
+    code, log = train_net(root / "data", "--config-file", SCSN, *ONE_EPOCH, "OUTPUT_DIR", str(root / "scsn"))
+    assert code == 0, log[-3000:]
+    return root, ["KD.MODEL_CONFIG", f'("{root / "scsn" / "config.yaml"}",)',
+                  "KD.MODEL_WEIGHTS", f'("{root / "scsn" / "model_final.pth"}",)']
+
+
+def test_train_net_distills_an_scsn_run_into_bot_and_the_student_ships(trained_teacher, tmp_path):
+    """Step 2 as the README gives it: fast-reid's BoT config with MODEL.META_ARCHITECTURE Distiller; then the student
+    evaluates from its own config.yaml (without the teacher's files) and exports to ONNX with parity."""
+    root, kd = trained_teacher
+    out = tmp_path / "student"
+    code, log = train_net(root / "data", "--config-file", BOT, *ONE_EPOCH, "MODEL.META_ARCHITECTURE", "Distiller",
+                          *kd, "OUTPUT_DIR", str(out))
+    assert code == 0, log[-3000:]
+    values = [float(v) for v in re.findall(r"loss_jsdiv: (\S+)", log)]
+    assert values and all(math.isfinite(v) for v in values)
+    trained = scsn.results.load(str(out / "eval_results.json"))
+    assert "mAP" in trained
+
+    (out / "eval_results.json").unlink()
+    config = ["--config-file", str(out / "config.yaml")]
+    code, log = train_net(root / "data", "--eval-only", *config, "MODEL.WEIGHTS", str(out / "model_final.pth"))
+    assert code == 0, log[-3000:]
+    assert scsn.results.load(str(out / "eval_results.json")) == trained
+
+    checks, _ = run_tool("export_onnx", *config, "--output", str(tmp_path / "student.onnx"), "--repeats", "1",
+                         "--batch-size", "4", "MODEL.WEIGHTS", str(out / "model_final.pth"))
+    assert all(c["min_cosine"] >= 0.9999 for c in checks)
+
+
+def test_fastreids_fastdistill_script_with_the_two_lines(trained_teacher, tmp_path):
+    root, kd = trained_teacher
+    script = tmp_path / "train_net.py"
+    script.write_text(FASTDISTILL_SCRIPT)
+    env = dict(os.environ, FASTREID_DATASETS=str(root / "data"), OMP_NUM_THREADS="2")
+    proc = subprocess.run(
+        [sys.executable, str(script), "--config-file",
+         os.path.join(ROOT, "configs", "Synthetic", "distill", "scsn_r18-bot_r18_logits_descriptor.yml"),
+         *ONE_EPOCH, *kd, "OUTPUT_DIR", str(tmp_path / "out")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert re.search(r"loss_jsdiv: \d", log) and re.search(r"loss_kd_descriptor: \d", log)
+    assert (tmp_path / "out" / "model_final.pth").is_file()

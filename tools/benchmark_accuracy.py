@@ -101,20 +101,12 @@ def run_dir(config, seed, args):
 
 
 def teachers(config):
-    """The synthetic configs whose runs a Distiller ``config`` learns from ([] for other configs): those whose
-    OUTPUT_DIR holds the ``config.yaml`` that its KD.MODEL_CONFIG names."""
+    """The synthetic configs whose runs a Distiller ``config`` learns from ([] for other configs)."""
     from scsn.engine import build_config
+    from scsn.engine.defaults import recipe_teachers
 
-    cfg = build_config(os.path.join(ROOT, config))
-    if cfg.MODEL.META_ARCHITECTURE != "Distiller":
-        return []
-    by_output = {build_config(path).OUTPUT_DIR: os.path.relpath(path, ROOT)
-                 for path in sorted(glob.glob(os.path.join(ROOT, S, "*.yml")))}
-    found = [by_output.get(os.path.dirname(path)) for path in cfg.KD.MODEL_CONFIG]
-    if None in found:
-        raise SystemExit(f"{config}: KD.MODEL_CONFIG {list(cfg.KD.MODEL_CONFIG)} must name <OUTPUT_DIR>/config.yaml of "
-                         f"configs in {S}")
-    return found
+    candidates = sorted(glob.glob(os.path.join(ROOT, S, "*.yml")))
+    return [os.path.relpath(p, ROOT) for p in recipe_teachers(build_config(os.path.join(ROOT, config)), candidates)]
 
 
 def kd_overrides(config, seed, args):

@@ -21,7 +21,7 @@ from ..config import add_scsn_config
 from ..errors import ConfigError
 from ..fastreid_patches.checkpoint import check_weights_path, load_weights
 
-__all__ = ["build_config", "load_model", "resolve_device", "runnable_device"]
+__all__ = ["build_config", "load_model", "recipe_teachers", "resolve_device", "runnable_device"]
 
 
 def _config_keys(node, prefix=""):
@@ -111,3 +111,18 @@ def load_model(cfg) -> torch.nn.Module:
     """``build_model(cfg)`` in eval mode with ``cfg.MODEL.WEIGHTS`` loaded strictly."""
     check_weights_path(cfg.MODEL.WEIGHTS)  # before building: an R50 takes seconds
     return load_weights(build_model(cfg), cfg.MODEL.WEIGHTS).eval()
+
+
+def recipe_teachers(cfg, config_files: Sequence[str]):
+    """The configs among ``config_files`` whose runs a Distiller ``cfg`` learns from, one per KD.MODEL_CONFIG entry:
+    the config whose OUTPUT_DIR holds that ``config.yaml`` (the two-step recipe of configs/*/distill/: train the
+    teacher's config, then the student's). [] for another meta-architecture; a :class:`ConfigError` for an entry that
+    no config's OUTPUT_DIR holds."""
+    if cfg.MODEL.META_ARCHITECTURE != "Distiller":
+        return []
+    by_output = {build_config(path).OUTPUT_DIR: path for path in config_files}
+    found = [by_output.get(os.path.dirname(path)) for path in cfg.KD.MODEL_CONFIG]
+    if None in found:
+        raise ConfigError(f"KD.MODEL_CONFIG {list(cfg.KD.MODEL_CONFIG)}: each entry must be <OUTPUT_DIR>/config.yaml "
+                          "of one of the given configs.")
+    return found
