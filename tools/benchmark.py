@@ -22,13 +22,18 @@ each. The JSON (default results/cost.json) holds the command, commit, CPU model 
 
     python tools/benchmark.py                  # the README's models: R50 at 384x128, the synthetic R18s at 128x64
     python tools/benchmark.py --models "SCSN-R50 (3 stages),SCSN-R50 (modules off)" --repeats 3
+    python tools/benchmark.py --r18 --out results/cost_r18.json   # the synthetic benchmark's models
     python tools/benchmark.py --device cuda --train-batch 64 --infer-batch 128
 """
 import argparse
+import atexit
+import glob
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -41,6 +46,7 @@ from fastreid.utils.events import EventStorage
 from torch.utils.flop_counter import FlopCounterMode
 
 from scsn.engine import build_config
+from scsn.engine.defaults import recipe_teachers
 from scsn.hardware import bf16_units
 from scsn.inference.runtime import Runtime
 
@@ -60,10 +66,19 @@ MODELS = {
     "SCSN-R50 (stage-3 stride 2; modules off)": ("configs/SCSN/market_r50_stage3stride2.yml", MODULES_OFF, None),
     # The synthetic benchmark's models, at its input size.
     "BoT-R18": ("configs/Synthetic/bagtricks_r18.yml", [], (128, 64)),
+    "AGW-R18": ("configs/Synthetic/agw_r18.yml", [], (128, 64)),
+    "SBS-R18": ("configs/Synthetic/sbs_r18.yml", [], (128, 64)),
     "SCSN-R18": ("configs/Synthetic/scsn_r18.yml", [], (128, 64)),
+    "SCSN-R18 (stage-3 stride 2)": ("configs/Synthetic/ablations/stage3stride2.yml", [], (128, 64)),
+    "baseline (global branch)": ("configs/Synthetic/ablations/baseline.yml", [], (128, 64)),
+    # BoT-R18 learning from SCSN-R18 in fast-reid's Distiller: BoT-R18 at inference; its training step runs the teacher.
+    "BoT-R18 student of SCSN-R18": ("configs/Synthetic/distill/scsn_r18-bot_r18.yml", [], (128, 64)),
 }
 DEFAULT_MODELS = ("BoT-R50", "SCSN-R50 (3 stages)", "SCSN-R50 (modules off)", "SCSN-R50 (3 stages; stage-3 stride 2)",
                   "SCSN-R50 (stage-3 stride 2; modules off)", "BoT-R18", "SCSN-R18")
+# The models of the synthetic accuracy benchmark: the accuracy-cost front (results/cost_r18.json).
+R18_MODELS = ("BoT-R18", "AGW-R18", "SBS-R18", "SCSN-R18", "SCSN-R18 (stage-3 stride 2)", "baseline (global branch)",
+              "BoT-R18 student of SCSN-R18")
 # path: (MODEL.MEMORY_FORMAT, SOLVER.AMP.ENABLED, TEST.RUNTIME, trains)
 PATHS = {
     "fp32": ("contiguous", False, "eager", True),
@@ -83,13 +98,42 @@ def available_paths(device, wanted=tuple(PATHS)):
     return paths, ("AMP + channels_last" if amp else "channels_last")
 
 
+def teacher_runs(config, size, args):
+    """KD.MODEL_CONFIG / KD.MODEL_WEIGHTS of a Distiller ``config``: its recipe's teachers (the configs whose runs it
+    learns from), untrained, at ``size``, in a temporary folder: a teacher costs the same whatever its weights."""
+    cfg = build_config(os.path.join(ROOT, config))
+    found = recipe_teachers(cfg, sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*.yml"))))
+    runs = []
+    for teacher in found:
+        key = (teacher, size)
+        if key not in _TEACHERS:
+            folder = tempfile.mkdtemp(prefix="teacher-")
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            cfg_t = build_config(teacher, ["MODEL.BACKBONE.PRETRAIN", False, "MODEL.DEVICE", args.device,
+                                           "MODEL.HEADS.NUM_CLASSES", NUM_CLASSES, "INPUT.SIZE_TRAIN", list(size),
+                                           "INPUT.SIZE_TEST", list(size)])
+            torch.save({"model": build_model(cfg_t).state_dict()}, os.path.join(folder, "model_final.pth"))
+            with open(os.path.join(folder, "config.yaml"), "w") as f:
+                f.write(cfg_t.dump())
+            _TEACHERS[key] = folder
+        runs.append(_TEACHERS[key])
+    if not runs:
+        return []
+    return ["KD.MODEL_CONFIG", [os.path.join(r, "config.yaml") for r in runs],
+            "KD.MODEL_WEIGHTS", [os.path.join(r, "model_final.pth") for r in runs]]
+
+
+_TEACHERS = {}
+
+
 def load_cfg(name, size, path, args):
     config, opts, _ = MODELS[name]
     memory_format, amp, runtime, _ = PATHS[path]
     if runtime == "compiled":
         memory_format, amp, _, _ = PATHS[args.fastest]
     return build_config(os.path.join(ROOT, config), [
-        *opts, "MODEL.BACKBONE.PRETRAIN", False, "MODEL.DEVICE", args.device, "MODEL.HEADS.NUM_CLASSES", NUM_CLASSES,
+        *opts, *teacher_runs(config, size, args), "MODEL.BACKBONE.PRETRAIN", False, "MODEL.DEVICE", args.device,
+        "MODEL.HEADS.NUM_CLASSES", NUM_CLASSES,
         "INPUT.SIZE_TRAIN", list(size), "INPUT.SIZE_TEST", list(size), "MODEL.MEMORY_FORMAT", memory_format,
         "SOLVER.AMP.ENABLED", amp, "TEST.RUNTIME", runtime,
         # SBS and MGN freeze the backbone for their first iterations; time the steps of the whole run instead.
@@ -216,7 +260,7 @@ def measure(names, args):
             for case in cases:
                 med = {k: statistics.median(v) for k, v in case.times.items() if v}
                 results.append({
-                    "model": name, "size": f"{size[0]}x{size[1]}", "path": case.path, "params_M": params / 1e6,
+                    "model": name, "config": MODELS[name][0], "size": f"{size[0]}x{size[1]}", "path": case.path, "params_M": params / 1e6,
                     "gflops_b1": flops / 1e9, "infer_img_s": args.infer_batch / med["infer"],
                     "train_step_s": med.get("train_step"),
                     "peak_train_mem_MiB": (peak_train_memory(name, size, case.path, args)
@@ -252,6 +296,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
                         help="comma-separated names from: " + ", ".join(MODELS))
+    parser.add_argument("--r18", action="store_true", help="the synthetic accuracy benchmark's models: "
+                        + ", ".join(R18_MODELS))
     parser.add_argument("--sizes", default="384x128", help="input sizes HxW, comma-separated")
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated, from: " + ", ".join(PATHS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -265,7 +311,7 @@ def main():
     args = parser.parse_args()
     if args.peak_memory_of:
         return measure_peak_memory(args)
-    names = args.models.split(",")
+    names = list(R18_MODELS) if args.r18 else args.models.split(",")
     unknown = [n for n in names if n not in MODELS] + [p for p in args.paths.split(",") if p not in PATHS]
     if unknown or "fp32" not in args.paths.split(","):
         parser.error(f"unknown models or paths {unknown} (the fp32 path is the reference: keep it); choose from "

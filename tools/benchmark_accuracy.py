@@ -75,6 +75,10 @@ SUITES = {
         "add_relu, average pooling": A + "avgpool_nmff_add_relu.yml",
         "bn_add, average pooling": A + "avgpool_nmff_bn_add.yml",
     },
+    # SCSN-R18 at fast-reid's cheaper stride in stage 3 (the accuracy-cost front's other SCSN point).
+    "stage3-stride2": {
+        "SCSN-R18 (stage-3 stride 2)": A + "stage3stride2.yml",
+    },
     # SCSN-R18 as the teacher of BoT-R18 in fast-reid's Distiller, each loss, against both ends (same seed: the
     # student learns from the teacher trained with that seed).
     "distill": {

@@ -3,6 +3,8 @@
 #  1. SCSN's paper config (R50, 384x128, stages 3 and 4 at stride 1) and fast-reid's BoT-R50 train 200 iterations on
 #     SyntheticReIDBench with fast-reid's fp16 AMP and channels_last, through tools/train_net.py --num-gpus 1, then
 #     evaluate (train_net's own evaluation at the last epoch);
+#     then the SCSN run teaches a BoT-R50 student the same way (configs/SCSN/distill/market_r50-bot_r50.yml: fast-reid's
+#     Distiller with the SCSN teacher, fp16 AMP);
 #  2. the SCSN checkpoint is exported to ONNX and checked against PyTorch (tools/export_onnx.py);
 #  3. a gallery search with faiss (on the GPU where faiss-gpu is installed: pip install -e '.[gpu]');
 #  4. tools/benchmark.py on the device: images/s, training step, peak memory, fp32 against AMP + channels_last, SCSN
@@ -43,11 +45,14 @@ TRAIN=(DATASETS.NAMES "(\"$DATASET\",)" DATASETS.TESTS "(\"$DATASET\",)" MODEL.B
        MODEL.DEVICE "$DEVICE" SOLVER.AMP.ENABLED True MODEL.MEMORY_FORMAT channels_last SOLVER.IMS_PER_BATCH "$BATCH"
        SOLVER.MAX_EPOCH "$EPOCHS" SOLVER.WARMUP_ITERS "$WARMUP" SOLVER.DELAY_EPOCHS 0 SOLVER.CHECKPOINT_PERIOD "$EPOCHS"
        TEST.EVAL_PERIOD "$EPOCHS" TEST.IMS_PER_BATCH 256 DATALOADER.NUM_WORKERS 4 SEED 0 "${SIZE[@]}")
-declare -A CONFIG=([scsn_r50]=configs/SCSN/market_r50.yml [bot_r50]=configs/Market1501/bagtricks_R50.yml)
-for name in scsn_r50 bot_r50; do
+declare -A CONFIG=([scsn_r50]=configs/SCSN/market_r50.yml [bot_r50]=configs/Market1501/bagtricks_R50.yml
+                   [distill_bot_r50]=configs/SCSN/distill/market_r50-bot_r50.yml)
+TEACHER=(KD.MODEL_CONFIG "(\"$OUT/scsn_r50/config.yaml\",)" KD.MODEL_WEIGHTS "(\"$OUT/scsn_r50/model_final.pth\",)")
+for name in scsn_r50 bot_r50 distill_bot_r50; do
   start=$(date +%s)
-  $PY tools/train_net.py --num-gpus 1 --config-file "${CONFIG[$name]}" "${TRAIN[@]}" OUTPUT_DIR "$OUT/$name" \
-    > "$OUT/$name.log" 2>&1 || { tail -40 "$OUT/$name.log"; exit 1; }
+  extra=(); [ "$name" = distill_bot_r50 ] && extra=("${TEACHER[@]}")
+  $PY tools/train_net.py --num-gpus 1 --config-file "${CONFIG[$name]}" "${TRAIN[@]}" "${extra[@]}" \
+    OUTPUT_DIR "$OUT/$name" > "$OUT/$name.log" 2>&1 || { tail -40 "$OUT/$name.log"; exit 1; }
   seconds=$(( $(date +%s) - start ))
   it=$(grep -oP ' time: \K[0-9.]+(?=  data_time)' "$OUT/$name.log" | tail -1)
   mem=$(grep -o "max_mem: [0-9]*M" "$OUT/$name.log" | tail -1 | cut -d' ' -f2 || true)
