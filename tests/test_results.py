@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from scsn.reporting import BLOCK, documents, render_text
+from scsn.reporting import BLOCK, documents, render_figures, render_text
 from scsn.results import ROOT, load
 
 RESULTS = sorted(glob.glob(os.path.join(ROOT, "results", "**", "*.json"), recursive=True))
@@ -16,6 +16,11 @@ def test_tables_match_their_json(path):
     with open(path) as f:
         text = f.read()
     assert render_text(text) == text, f"run `python tools/render_results.py` ({os.path.relpath(path, ROOT)})"
+
+
+@pytest.mark.parametrize("path", documents(), ids=lambda p: os.path.relpath(p, ROOT))
+def test_pictures_match_their_json(path):
+    assert not render_figures(path, check=True), "run `python tools/render_results.py`"
 
 
 def test_the_docs_hold_results_tables():

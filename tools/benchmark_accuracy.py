@@ -83,7 +83,7 @@ SUITES = {
     # student learns from the teacher trained with that seed).
     "distill": {
         "BoT-R18": S + "bagtricks_r18.yml",
-        "SCSN-R18 (teacher)": S + "scsn_r18.yml",
+        "SCSN-R18": S + "scsn_r18.yml",
         "SCSN-R18 -> BoT-R18, logits": D + "scsn_r18-bot_r18.yml",
         "SCSN-R18 -> BoT-R18, descriptor": D + "scsn_r18-bot_r18_descriptor.yml",
         "SCSN-R18 -> BoT-R18, logits + descriptor": D + "scsn_r18-bot_r18_logits_descriptor.yml",

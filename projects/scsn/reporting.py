@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import statistics
+import warnings
 from typing import Callable, Dict, List
 
 from .results import ROOT, load
@@ -203,22 +204,112 @@ def evaluation(records, **options):
                   "peak RSS GB", "Rank-1 / mAP", "load before / after"], rows) + provenance(record)
 
 
+def _inference_model(config: str) -> str:
+    """The model ``config`` deploys (a Distiller's student alone), as its MODEL config: accuracy rows and cost rows of
+    the same network meet on it."""
+    from .engine import build_config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a CUDA config on a CPU machine: the model is the same
+        return build_config(os.path.join(ROOT, config), inference=True).MODEL.dump()
+
+
+def _fastest(cost_record: dict) -> Dict[str, dict]:
+    """Per inference model: the cost result of its fastest inference path (highest images/s)."""
+    best = {}
+    for r in cost_record["results"]:
+        key = _inference_model(r["config"])
+        if key not in best or r["infer_img_s"] > best[key]["infer_img_s"]:
+            best[key] = r
+    return best
+
+
+def front_points(records) -> List[dict]:
+    """Every accuracy row with a cost: name, config, mAP mean and std, Rank-1, and the images/s, path and GFLOPs of its
+    network's fastest inference path. ``records``: accuracy records (a later row of the same name replaces an earlier)
+    and one cost record."""
+    cost_record = next(r for r in records if r["benchmark"] == "cost")
+    fastest = _fastest(cost_record)
+    rows = {name: r for record in records if record["benchmark"] == "accuracy" for name, r in record["rows"].items()}
+    points = []
+    for name, r in rows.items():
+        c = fastest.get(_inference_model(r["config"]))
+        if c is None:
+            continue
+        maps = [run["mAP"] for run in r["runs"]]
+        points.append({"name": name, "config": r["config"], "mAP": round(statistics.mean(maps), 2),
+                       "mAP_std": round(statistics.stdev(maps) if len(maps) > 1 else 0.0, 2),
+                       "img_s": round(c["infer_img_s"], 1), "path": c["path"], "gflops": round(c["gflops_b1"], 2)})
+    return sorted(points, key=lambda p: -p["img_s"])
+
+
+@renderer("front")
+def front(records, png=None, **options):
+    """The accuracy-cost front: each model's synthetic mAP against its images/s on its fastest CPU path (the points
+    ``png``, drawn by :func:`draw_front`, plots); a model is on the front when no other is both faster and better."""
+    points = front_points(records)
+    rows = []
+    for p in points:
+        dominated = any(q["img_s"] >= p["img_s"] and q["mAP"] > p["mAP"] for q in points if q is not p)
+        rows.append([p["name"], f"{p['mAP']:.2f} ± {p['mAP_std']:.2f}", f"{p['img_s']:.1f}", p["path"],
+                     f"{p['gflops']:.2f}", "" if dominated else "yes"])
+    return table(["model", "mAP", "images/s", "fastest path", "GFLOPs (batch 1)", "on the front"], rows) + \
+        provenance(*records)
+
+
+def draw_front(records, path: str) -> None:
+    """Draw :func:`front_points` into ``path`` (PNG), with the points as JSON in its ``points`` text chunk (the results
+    test compares them with what the JSON gives now)."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = front_points(records)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    for p in points:
+        student = "student" in p["name"] or "->" in p["name"]
+        ax.errorbar(p["img_s"], p["mAP"], yerr=p["mAP_std"], fmt="s" if student else "o", capsize=3,
+                    color="tab:green" if student else ("tab:red" if "SCSN" in p["name"] else "tab:blue"))
+        ax.annotate(p["name"], (p["img_s"], p["mAP"]), textcoords="offset points", xytext=(6, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("inference images/s, fastest CPU path (log scale)")
+    ax.set_ylabel("mAP on SyntheticReID (mean ± std, seeds)")
+    ax.set_title("Which model to deploy: accuracy against speed", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"points": json.dumps(points, sort_keys=True)})
+    plt.close(fig)
+
+
+def figure_specs(text: str):
+    """(spec, png) of every marked block of ``text`` that also draws a picture (a ``png=`` option)."""
+    for match in BLOCK.finditer(text):
+        png = re.search(r"\bpng=(\S+)", match.group(2))
+        if png:
+            yield match.group(2), os.path.join(ROOT, png.group(1))
+
+
+def block_records(spec: str) -> List[dict]:
+    """The records a marker's spec names (files may be globs)."""
+    records = []
+    for word in shlex.split(spec)[1:]:
+        if "=" in word:
+            continue
+        for path in sorted(glob.glob(os.path.join(ROOT, word))) or [os.path.join(ROOT, word)]:
+            record = load(path)
+            record.setdefault("variant", os.path.basename(path).split("__")[0])
+            records.append(record)
+    return records
+
+
 def render_block(spec: str) -> str:
     """The table of one marker, ``kind file.json [file.json ...] [key=value ...]`` (files may be globs)."""
     words = shlex.split(spec)
-    kind, files, options = words[0], [], {}
-    for word in words[1:]:
-        if "=" in word:
-            key, value = word.split("=", 1)
-            options[key] = value
-        else:
-            files += sorted(glob.glob(os.path.join(ROOT, word))) or [os.path.join(ROOT, word)]
-    records = []
-    for path in files:
-        record = load(path)
-        record.setdefault("variant", os.path.basename(path).split("__")[0])
-        records.append(record)
-    return RENDERERS[kind](records, **options)
+    options = dict(word.split("=", 1) for word in words[1:] if "=" in word)
+    return RENDERERS[words[0]](block_records(spec), **options)
 
 
 def render_text(text: str) -> str:
@@ -234,6 +325,33 @@ def render_file(path: str, check: bool = False) -> bool:
         with open(path, "w") as f:
             f.write(rendered)
     return rendered == text
+
+
+def figure_points(png: str):
+    """The points a picture drawn by :func:`draw_front` holds (its ``points`` text chunk), or None."""
+    import json
+
+    from PIL import Image
+
+    if not os.path.isfile(png):
+        return None
+    with Image.open(png) as image:
+        return json.loads(image.text["points"]) if "points" in image.text else None
+
+
+def render_figures(path: str, check: bool = False) -> List[str]:
+    """Draw the pictures the marked blocks of ``path`` name (``png=``); with ``check`` only compare. Returns the
+    pictures that were out of date."""
+    with open(path) as f:
+        text = f.read()
+    stale = []
+    for spec, png in figure_specs(text):
+        records = block_records(spec)
+        if figure_points(png) != front_points(records):
+            stale.append(png)
+            if not check:
+                draw_front(records, png)
+    return stale
 
 
 def documents() -> List[str]:
