@@ -91,6 +91,10 @@ def test_similarity_loss_sees_only_the_geometry_and_trains_only_the_student():
     assert similarity_distillation_loss(same_geometry, teacher, 0.05).item() == pytest.approx(0.0, abs=1e-5)
 
     student = torch.randn(8, 4, requires_grad=True)
+    fp32 = similarity_distillation_loss(student, teacher, 0.05)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 inside autocast: 1 / T magnifies bf16's rounding
+        under_autocast = similarity_distillation_loss(student, teacher, 0.05)
+    assert under_autocast.dtype == torch.float32 and under_autocast.item() == fp32.item()
     teacher.requires_grad_(True)
     loss = similarity_distillation_loss(student, teacher, 0.05)
     loss.backward()

@@ -243,6 +243,32 @@ def front_points(records) -> List[dict]:
     return sorted(points, key=lambda p: -p["img_s"])
 
 
+@renderer("distill")
+def distill(records, low, high, **options):
+    """Students between two ends: each row's mAP over seeds and, paired by seed, the share of the gap from the ``low``
+    row to the ``high`` row it closes ((row - low) / (high - low)); with a cost record, the images/s and GFLOPs of each
+    row's network on its fastest CPU path."""
+    costs = [r for r in records if r["benchmark"] == "cost"]
+    fastest = _fastest(costs[0]) if costs else {}
+    rows_by_name = {name: r for record in records if record["benchmark"] == "accuracy"
+                    for name, r in record["rows"].items()}
+    ends = [{run["seed"]: run["mAP"] for run in rows_by_name[name]["runs"]} for name in (low, high)]
+    rows = []
+    for name, r in rows_by_name.items():
+        maps = [run["mAP"] for run in r["runs"]]
+        closed = [(run["mAP"] - ends[0][run["seed"]]) / (ends[1][run["seed"]] - ends[0][run["seed"]])
+                  for run in r["runs"]]
+        cost = fastest.get(_inference_model(r["config"])) if fastest else None
+        rows.append([name, mean_std(maps), mean_std([run["Rank-1"] for run in r["runs"]]),
+                     "-" if name in (low, high) else ", ".join(f"{c:.2f}" for c in closed),
+                     "-" if name in (low, high) else mean_std(closed),
+                     f"{cost['infer_img_s']:.1f} ({cost['path']})" if cost else "-",
+                     f"{cost['gflops_b1']:.2f}" if cost else "-"])
+    seeds = ", ".join(str(s) for s in next(r for r in records if r["benchmark"] == "accuracy")["seeds"])
+    return table(["model", f"mAP (seeds {seeds})", "Rank-1", f"share of the {low} -> {high} gap closed, per seed",
+                  "mean ± std", "images/s (fastest CPU path)", "GFLOPs"], rows) + provenance(*records)
+
+
 @renderer("front")
 def front(records, png=None, **options):
     """The accuracy-cost front: each model's synthetic mAP against its images/s on its fastest CPU path (the points

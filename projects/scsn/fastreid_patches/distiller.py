@@ -166,7 +166,8 @@ def _patch_losses(upstream):
         else:
             loss_dict = Baseline.losses(self, s_outputs, gt_labels)
         if self.kd_descriptor_weight > 0:
-            loss = sum(similarity_distillation_loss(s_outputs["features"], t["features"], self.kd_temperature) for t in t_outputs)
+            loss = sum(similarity_distillation_loss(s_outputs["features"], t["features"], self.kd_temperature)
+                       for t in t_outputs)
             loss_dict["loss_kd_descriptor"] = loss * (self.kd_descriptor_weight / len(t_outputs))
         return loss_dict
 

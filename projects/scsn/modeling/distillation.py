@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..fastreid_patches.precision import fp32_loss
 
 __all__ = ["CASCADE_LOGITS", "CascadeTeacherHead", "similarity_distillation_loss"]
 
@@ -35,17 +34,18 @@ def _neighbour_log_probs(features: torch.Tensor, temperature: float) -> torch.Te
     return F.log_softmax(others / temperature, dim=1)
 
 
-@fp32_loss
 def similarity_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """mean_i KL(p_i || q_i), p_i and q_i the softmax over j != i of cos(t_i, t_j) / T and cos(s_i, s_j) / T.
 
-    student: (B, D_s) descriptors, teacher: (B, D_t) (no gradient flows into it); B >= 2.
+    student: (B, D_s) descriptors, teacher: (B, D_t) (no gradient flows into it); B >= 2. Computed in fp32 outside
+    autocast: 1 / T magnifies the rounding of fp16 or bf16 cosines.
     """
     if student.shape[0] != teacher.shape[0] or student.shape[0] < 2:
         raise ValueError(f"Need the same batch of >= 2 images, got {tuple(student.shape)} and {tuple(teacher.shape)}.")
-    log_q = _neighbour_log_probs(student, temperature)
-    log_p = _neighbour_log_probs(teacher.detach(), temperature)
-    return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
+    with torch.autocast(student.device.type, enabled=False):
+        log_q = _neighbour_log_probs(student.float(), temperature)
+        log_p = _neighbour_log_probs(teacher.detach().float(), temperature)
+        return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
 
 
 class CascadeTeacherHead(nn.Module):
