@@ -72,5 +72,5 @@ def add_scsn_config(cfg):
     _C.KD.DESCRIPTOR = CN()
     _C.KD.DESCRIPTOR.WEIGHT = 0.0
     # Temperature of the softmax over each image's cosine similarities to the rest of the batch.
-    _C.KD.DESCRIPTOR.TEMPERATURE = 0.05
+    _C.KD.DESCRIPTOR.TEMPERATURE = 0.1
     return cfg
