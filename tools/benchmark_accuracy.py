@@ -84,18 +84,18 @@ SUITES = {
     "distill": {
         "BoT-R18": S + "bagtricks_r18.yml",
         "SCSN-R18": S + "scsn_r18.yml",
-        "SCSN-R18 -> BoT-R18, logits": D + "scsn_r18-bot_r18.yml",
-        "SCSN-R18 -> BoT-R18, descriptor": D + "scsn_r18-bot_r18_descriptor.yml",
-        "SCSN-R18 -> BoT-R18, logits + descriptor": D + "scsn_r18-bot_r18_logits_descriptor.yml",
+        "SCSN-R18 -> BoT-R18: logits": D + "scsn_r18-bot_r18.yml",
+        "SCSN-R18 -> BoT-R18: descriptor": D + "scsn_r18-bot_r18_descriptor.yml",
+        "SCSN-R18 -> BoT-R18: logits + descriptor": D + "scsn_r18-bot_r18_logits_descriptor.yml",
     },
     # The choices behind the Distiller defaults: what the logit loss takes from a cascade teacher, the teacher's BN
     # mode, the descriptor loss's temperature.
     "distill-choices": {
-        "logits: mean of the stages, teacher BN running statistics": D + "scsn_r18-bot_r18.yml",
-        "logits: mean of the stages, teacher BN batch statistics (fast-reid)": D + "choices/teacher_bn_batch.yml",
-        "logits: stage 1, teacher BN running statistics": D + "choices/stage1_logits.yml",
-        "descriptor, T = 0.1": D + "scsn_r18-bot_r18_descriptor.yml",
-        "descriptor, T = 0.05": D + "choices/descriptor_t005.yml",
+        "logits: stage mean; teacher BN running statistics": D + "scsn_r18-bot_r18.yml",
+        "logits: stage mean; teacher BN batch statistics (fast-reid)": D + "choices/teacher_bn_batch.yml",
+        "logits: stage 1; teacher BN running statistics": D + "choices/stage1_logits.yml",
+        "descriptor: T = 0.1": D + "scsn_r18-bot_r18_descriptor.yml",
+        "descriptor: T = 0.05": D + "choices/descriptor_t005.yml",
     },
 }
 ROOT = scsn.results.ROOT
