@@ -88,13 +88,15 @@ def nearest_neighbours(features: np.ndarray, k: int, block_rows: int = 4 * 4096)
 
     The search runs on blocks of rows that start at multiples of faiss's query tile
     (``distance_compute_blas_query_bs``), so each BLAS call and each result heap is the one the single search
-    makes; a last block too small for faiss's BLAS path (``distance_compute_blas_threshold``) joins the one before.
+    makes; a last block shorter than a tile joins the one before, so that it takes faiss's BLAS path as the single
+    search does (``distance_compute_blas_threshold`` bounds the rows in faiss 1.7, rows x d in 1.15).
     """
     num, dim = features.shape
     tile = faiss.cvar.distance_compute_blas_query_bs
     block_rows = max(tile, block_rows // tile * tile)
     starts = list(range(0, num, block_rows))
-    if len(starts) > 1 and (num - starts[-1]) * dim < faiss.cvar.distance_compute_blas_threshold:
+    last = num - starts[-1]
+    if len(starts) > 1 and (last < tile or last * dim < faiss.cvar.distance_compute_blas_threshold):
         starts.pop()
     bounds = starts + [num]
     ranks = np.empty((num, k), dtype=np.int64)
