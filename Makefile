@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export FASTREID_DATASETS ?= $(CURDIR)/datasets
 
-.PHONY: install demo test clean-venv
+.PHONY: install demo test compat clean-venv
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# The ends of setup.cfg's ranges (not CI's stack): the suite in a fresh environment at the lowest and at the newest
+# versions -> results/compat.json. Builds two environments of several GB under .compat/ and removes them.
+compat: install
+	$(PY) tools/compat_matrix.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -134,6 +134,21 @@ def test_python_ranking_with_a_gallery_smaller_than_max_rank():
         np.testing.assert_allclose(all_inp, cy_inp, rtol=1e-6)
 
 
+def test_python_cuhk03_metric_on_this_numpy():
+    """(13) the Python CUHK03 metric raised AttributeError on numpy 1.24-1.26 (np.bool). With one gallery image per
+    identity its random pick of one image per identity keeps them all, so it equals the Market-1501 metric."""
+    from fastreid.evaluation.rank import evaluate_rank
+
+    rng = np.random.default_rng(0)
+    dist = rng.random((4, 6)).astype(np.float32)
+    q_pids, q_cams = np.array([0, 1, 2, 2]), np.zeros(4, dtype=np.int64)
+    g_pids, g_cams = np.arange(6), np.array([1, 1, 2, 0, 1, 2])
+    cmc, mean_ap = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, 5, use_metric_cuhk03=True, use_cython=False)
+    market_cmc, all_ap, _ = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, 5, use_cython=False)
+    np.testing.assert_allclose(cmc, market_cmc, rtol=1e-6)
+    assert mean_ap == pytest.approx(np.mean(all_ap))
+
+
 def test_k_reciprocal_rerank_on_cpu(cfg):
     """(6) jaccard re-ranking moved features to CUDA and asked faiss for GPU resources."""
     from fastreid.evaluation import ReidEvaluator

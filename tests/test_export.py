@@ -10,8 +10,11 @@ from fastreid.modeling import build_model
 from inference_helpers import CONFIG, SMALL, make_checkpoint, run_tool, small_cfg, tiny_images
 from scsn.inference.export import ExportError, compare, export_onnx, onnx_session
 from scsn.inference.extractor import FeatureExtractor
+from scsn.torch_support import DYNAMO_ONNX_EXPORT, DYNAMO_ONNX_EXPORT_BY_DEFAULT, DYNAMO_ONNX_EXPORT_SINCE
 
 HEIGHT, WIDTH = 64, 32
+needs_dynamo = pytest.mark.skipif(not DYNAMO_ONNX_EXPORT, reason="the dynamo ONNX route needs torch >= "
+                                  f"{'.'.join(map(str, DYNAMO_ONNX_EXPORT_SINCE))}, this is {torch.__version__}")
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +58,11 @@ def test_torchscript_route_exports_the_cascade_and_names_what_it_cannot(tmp_path
         assert result["min_cosine"] >= 0.9999 and result["max_abs_diff"] < 1e-3, result
 
 
+@pytest.mark.skipif(not DYNAMO_ONNX_EXPORT_BY_DEFAULT, reason=f"fast-reid's deploy script: torch {torch.__version__}'s "
+                    "default exporter cannot export SCSN")
 def test_fastreid_deploy_route_exports_exactly(checkpoint, images):
     """fast-reid's tools/deploy/onnx_export.py: ``torch.onnx.export(model, inputs, f, operator_export_type=
-    ONNX_ATEN_FALLBACK)`` under no_grad on one random image, batch fixed at 1 (torch 2.14 runs it through dynamo)."""
+    ONNX_ATEN_FALLBACK)`` under no_grad on one random image, batch fixed at 1 (through dynamo, the default)."""
     from torch.onnx import OperatorExportTypes
 
     model = checkpoint[1]
@@ -76,6 +81,7 @@ def test_fastreid_deploy_route_exports_exactly(checkpoint, images):
     assert cosine.min() >= 0.9999 and np.abs(got - expected).max() < 1e-3
 
 
+@needs_dynamo
 def test_export_tool_matches_at_batch_1_and_n_and_times_both(tmp_path, checkpoint, capsys):
     """The default (dynamo) route, checked by the tool itself on 8 Tiny images, none the export input."""
     out = tmp_path / "scsn.onnx"
@@ -92,6 +98,7 @@ def test_export_tool_matches_at_batch_1_and_n_and_times_both(tmp_path, checkpoin
         run_tool("export_onnx", *argv)
 
 
+@needs_dynamo
 def test_feature_extractor_on_onnxruntime_gives_pytorch_descriptors(tmp_path, checkpoint, images):
     """TEST.RUNTIME onnxruntime: the graph is exported to TEST.ONNX_FILE, checked against PyTorch, then used; a graph
     of another model is refused by the check."""
@@ -108,6 +115,14 @@ def test_feature_extractor_on_onnxruntime_gives_pytorch_descriptors(tmp_path, ch
     other = build_model(small_cfg()).eval()  # same architecture, other weights
     with pytest.raises(ExportError, match="does not match the PyTorch model"):
         FeatureExtractor(small_cfg("TEST.RUNTIME", "onnxruntime", "TEST.ONNX_FILE", onnx_file), model=other)
+
+
+@pytest.mark.skipif(DYNAMO_ONNX_EXPORT, reason=f"torch {torch.__version__} has the dynamo ONNX route")
+def test_without_the_dynamo_route_the_export_names_the_torch_it_needs(tmp_path, checkpoint):
+    with pytest.raises(ExportError, match=r"needs torch >= 2\.13; this is torch 2\."):
+        export_onnx(checkpoint[1], str(tmp_path / "model.onnx"), HEIGHT, WIDTH)
+    with pytest.raises(ExportError, match="dynamo ONNX route needs"):  # TEST.RUNTIME onnxruntime exports first
+        FeatureExtractor(small_cfg("MODEL.WEIGHTS", checkpoint[0], "TEST.RUNTIME", "onnxruntime"), model=checkpoint[1])
 
 
 def test_compiled_runtime_gives_the_eager_descriptors(checkpoint, images):

@@ -69,7 +69,7 @@ def test_a_crafted_pickle_is_refused_and_runs_nothing(tmp_path, resume):
     torch.save({"model": {"w": torch.zeros(2)}, "payload": CreatesAFile(str(created))}, path)
     checkpointer = Checkpointer(torch.nn.Linear(2, 1), str(tmp_path))
     with pytest.raises(UnsafeCheckpointError, match=r"Refusing to load checkpoint .*model_final\.pth.*"
-                                                    r"\((builtins|io)\.open\).*Nothing in it was run"):
+                                                    r"\(.*(builtins|io)\.open\).*Nothing in it was run"):
         if resume:
             (tmp_path / "last_checkpoint").write_text("model_final.pth")
             checkpointer.resume_or_load("", resume=True)

@@ -10,7 +10,7 @@ import sys
 
 import scsn  # noqa: F401  (before any fastreid import: compat patches and registrations)
 from scsn.engine import cli
-from scsn.inference.export import MIN_COSINE, ROUTES, compare, export_onnx, latency, onnx_session
+from scsn.inference.export import MIN_COSINE, OPSETS, ROUTES, compare, export_onnx, latency, onnx_session
 from scsn.engine import build_config, load_model
 from scsn.inference.extractor import to_pil
 
@@ -21,7 +21,7 @@ def get_parser():
     p = cli.parser(__doc__.split("\n\n")[0])
     p.add_argument("--output", required=True, help="the .onnx file")
     p.add_argument("--route", choices=ROUTES, default="dynamo", help="torch.onnx.export's exporter")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--opset", type=int, help=f"ONNX opset (default: the route's, {OPSETS})")
     p.add_argument("--check-images", nargs="+", metavar="PATH",
                    help="image files / folders for the parity check (default: 16 random images)")
     p.add_argument("--batch-size", type=int, default=8, help="N of the batch-N check and timing")

@@ -204,6 +204,39 @@ def evaluation(records, **options):
                   "peak RSS GB", "Rank-1 / mAP", "load before / after"], rows) + provenance(record)
 
 
+@renderer("compat")
+def compat(records, view="table", **options):
+    """The ends of the supported range (tools/compat_matrix.py): ``view=line``, one line for README.md (each end's
+    Python, torch, torchvision, numpy and test counts, then the provenance); ``view=table``, every declared
+    dependency's version at each end, the counts, what a plain ``pip install -e .`` would have replaced of the
+    environment's torch, torchvision and numpy, the time of the install and of the suite, and why tests skipped."""
+    record = records[0]
+    stacks = record["stacks"]
+
+    def counts(s):
+        return f"{s['passed']} passed, {s['failed']} failed, {s['skipped']} skipped"
+
+    if view == "line":
+        ends = "; ".join(f"**{name}** Python {s['python']}, torch {s['versions']['torch']}, torchvision "
+                         f"{s['versions']['torchvision']}, numpy {s['versions']['numpy']}: {counts(s)}"
+                         for name, s in stacks.items())
+        return (f"Tested ends (`make compat`: the whole suite, a fresh environment each): {ends}. "
+                f"{provenance(record).strip()}\n")
+    names = sorted({name for s in stacks.values() for name in s["versions"]}, key=str.lower)
+    rows = [[f"`{name}`"] + [s["versions"].get(name, "-") for s in stacks.values()] for name in names]
+    rows += [["Python"] + [s["python"] for s in stacks.values()],
+             ["tests: passed / failed / skipped"] + [f"{s['passed']} / {s['failed']} / {s['skipped']}"
+                                                     for s in stacks.values()],
+             ["a plain `pip install -e .` would replace"] + [
+                 ", ".join(f"{k} {v}" for k, v in s["plain_install_would_replace"].items()) or "nothing"
+                 for s in stacks.values()],
+             ["install / suite"] + [f"{_minutes(s['install_s'])} / {_minutes(s['tests_s'])}"
+                                    for s in stacks.values()]]
+    skips = [f"{name}: {n} × {reason}" for name, s in stacks.items() for reason, n in s["skip_reasons"].items()]
+    return (table(["", *stacks], rows) + ("\nSkipped: " + "; ".join(skips) + ".\n" if skips else "")
+            + provenance(record))
+
+
 def _inference_model(config: str) -> str:
     """The model ``config`` deploys (a Distiller's student alone), as its MODEL config: accuracy rows and cost rows of
     the same network meet on it."""

@@ -31,6 +31,7 @@ from fastreid.utils import checkpoint as fastreid_checkpoint
 from fastreid.utils.checkpoint import Checkpointer
 
 from ..errors import CheckpointError, CheckpointMismatchError, CorruptCheckpointError, UnsafeCheckpointError
+from ..torch_support import LISTS_UNSAFE_GLOBALS
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +71,13 @@ def load_checkpoint_file(path, **kwargs):
     except pickle.UnpicklingError as e:
         if not _is_pickle_or_archive(path):
             raise _corrupt(path, e) from e  # garbage, or a file cut at its first bytes
-        try:
+        if not zipfile.is_zipfile(path):  # not a torch.save archive
+            what = "a raw or legacy pickle, not a torch.save archive of tensors and plain values"
+        elif LISTS_UNSAFE_GLOBALS:
             found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
             what = f"Python objects besides tensors and plain values ({', '.join(found)})"
-        except ValueError:  # not a torch.save zip archive
-            what = "a raw or legacy pickle, not a torch.save archive of tensors and plain values"
+        else:  # older torch cannot list them: its error names the first one it refused
+            what = f"Python objects besides tensors and plain values ({str(e).split('WeightsUnpickler error: ')[-1]})"
         raise UnsafeCheckpointError(
             f"Refusing to load checkpoint {path!r}: it holds {what}, and unpickling it could run arbitrary code. "
             "Nothing in it was run. fast-reid and SCSN checkpoints hold only tensors, numbers, strings, lists and "

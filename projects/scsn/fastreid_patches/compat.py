@@ -1,4 +1,4 @@
-"""Make the fastreid 1.4.0 wheel run on Python 3.11, torch 2.x, numpy 2.x, torchvision >= 0.16 and on
+"""Make the fastreid 1.4.0 wheel run on Python 3.11, torch 2.x, numpy 1.24-2.x, torchvision >= 0.16 and on
 machines without CUDA.
 
 Every patch below names the upstream place it mends (paths inside the installed ``fastreid/``), is as
@@ -218,6 +218,19 @@ def _patch_python_rank_padding():
 
     eval_market1501._scsn_patched = True
     rank.eval_market1501 = eval_market1501
+
+
+def _patch_numpy_bool():
+    """(13) evaluation/rank.py:69 ``np.zeros(..., dtype=np.bool)`` in ``eval_cuhk03``, the Python CUHK03 metric
+    (``evaluate_rank(use_metric_cuhk03=True)`` without the Cython ranking): numpy 1.24 removed the alias, numpy 2
+    brought it back, so numpy 1.24-1.26 raise AttributeError. rank.py's ``np`` gets the alias (Python's ``bool``, as
+    before 1.24); numpy itself is left alone."""
+    import numpy as np
+    from fastreid.evaluation import rank
+
+    if "bool" in vars(np):  # not hasattr: numpy 1.24-1.26 warn on the lookup of the removed alias
+        return
+    rank.np = types.SimpleNamespace(**vars(np), bool=bool)
 
 
 def _patch_cpu_rerank():
@@ -470,6 +483,7 @@ def apply():
     _patch_to_tensor()
     _patch_cython_evaluator()
     _patch_python_rank_padding()
+    _patch_numpy_bool()
     _patch_cpu_rerank()
     _patch_cpu_distributed()
     _patch_metric_printer()

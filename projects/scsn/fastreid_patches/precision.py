@@ -16,6 +16,7 @@ import torch
 
 from ..errors import ConfigError
 from ..hardware import bf16_units, cpu_flags, cpu_model
+from ..torch_support import cpu_autocast_enabled
 
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
@@ -34,7 +35,7 @@ def fp32_loss(loss):
 
     @functools.wraps(loss)
     def wrapper(*args, **kwargs):
-        if not torch.is_autocast_enabled("cpu"):
+        if not cpu_autocast_enabled():
             return loss(*args, **kwargs)
         with torch.autocast("cpu", enabled=False):
             return loss(*map(cast, args), **{k: cast(v) for k, v in kwargs.items()})
@@ -107,7 +108,8 @@ def _patch_cpu_amp():
         start = time.perf_counter()
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
-        with torch.autocast("cpu", dtype=self.cpu_dtype or torch.float32, enabled=self.cpu_dtype is not None):
+        # dtype bf16 even when off: torch 2.1 refuses any other CPU autocast dtype, enabled or not.
+        with torch.autocast("cpu", dtype=CPU_AMP_DTYPE, enabled=self.cpu_dtype is not None):
             loss_dict = self.model(data)
             losses_sum = sum(loss_dict.values())
         self.optimizer.zero_grad()

@@ -2,8 +2,10 @@
 the PyTorch model in eval mode returns them (not L2-normalised), with a dynamic batch axis; and the check that
 onnxruntime gives the same descriptors on other images, at batch 1 and batch N.
 
-Two routes of ``torch.onnx.export``: ``dynamo`` (torch.export; the default of torch >= 2.9, and so what fast-reid's
-``tools/deploy/onnx_export.py`` gets on torch 2.14) and ``torchscript`` (the legacy tracer, ``dynamo=False``). The
+Two routes of ``torch.onnx.export``: ``dynamo`` (torch.export; ``dynamo=True``, the default of newer torch, and so what
+fast-reid's ``tools/deploy/onnx_export.py`` gets there) and ``torchscript`` (the legacy tracer, ``dynamo=False``; the
+only exporter of older torch, which has no ``dynamo`` argument). The dynamo route needs torch >= 2.13
+(:data:`scsn.torch_support.DYNAMO_ONNX_EXPORT`: older releases crash or lack an ONNX function SCSN needs). The
 legacy exporter cannot express ``adaptive_avg_pool2d`` to a grid that does not divide the map, which NMFF's pyramid
 pooling (bins 3, 6, 8) needs: it exports SCSN without NMFF only.
 """
@@ -14,8 +16,12 @@ import numpy as np
 import torch
 
 from ..errors import ArgumentError, ExportError
+from ..torch_support import DYNAMO_ONNX_EXPORT, DYNAMO_ONNX_EXPORT_SINCE, ONNX_EXPORT_TAKES_DYNAMO
 
 ROUTES = ("dynamo", "torchscript")
+# Each route's default opset. The legacy tracer's is 17, the last whose Reduce ops take their axes as an attribute:
+# torch 2.1's tracer writes them so at 18 too, which the ONNX checker refuses (RSAM's ReduceMax).
+OPSETS = {"dynamo": 18, "torchscript": 17}
 INPUT, OUTPUT = "images", "features"
 # The smallest cosine similarity between PyTorch's and onnxruntime's descriptor of an image that passes the check.
 MIN_COSINE = 0.9999
@@ -30,23 +36,32 @@ def example_input(height: int, width: int, seed: int = 0) -> torch.Tensor:
 
 
 def export_onnx(model: torch.nn.Module, path: str, height: int, width: int, route: str = "dynamo",
-                opset: int = 18) -> None:
-    """Write ``model`` (eval mode, on the CPU) to ``path`` with a dynamic batch axis."""
+                opset: int = None) -> None:
+    """Write ``model`` (eval mode, on the CPU) to ``path`` with a dynamic batch axis (opset: the route's default)."""
     if route not in ROUTES:
         raise ArgumentError(f"Export route must be one of {ROUTES}, got {route!r}.")
+    opset = opset or OPSETS[route]
     model = model.eval().cpu()
     example = example_input(height, width)
     if route == "dynamo":
+        if not DYNAMO_ONNX_EXPORT:
+            since = ".".join(map(str, DYNAMO_ONNX_EXPORT_SINCE))
+            raise ExportError(
+                f"The dynamo ONNX route needs torch >= {since}; this is torch {torch.__version__} (docs/install.md: "
+                f"which torch exports what). Install torch >= {since}, or use the torchscript route, which exports "
+                "SCSN without NMFF only (MODEL.BACKBONE.NMFF.STAGES [])."
+            )
         program = torch.onnx.export(
             model, (example,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT], opset_version=opset,
             dynamic_shapes=({0: torch.export.Dim("batch")},),
         )
         program.save(path, external_data=False)
         return
+    legacy = {"dynamo": False} if ONNX_EXPORT_TAKES_DYNAMO else {}  # without the argument, the tracer is the exporter
     try:
         torch.onnx.export(
-            model, (example,), path, dynamo=False, input_names=[INPUT], output_names=[OUTPUT], opset_version=opset,
-            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+            model, (example,), path, input_names=[INPUT], output_names=[OUTPUT], opset_version=opset,
+            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, **legacy,
         )
     except torch.onnx.errors.SymbolicValueError as e:
         if "adaptive_avg_pool2d" not in str(e):
