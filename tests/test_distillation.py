@@ -23,6 +23,7 @@ from scsn.modeling.suppression import CascadedSuppressionHead
 from scsn.torch_support import DYNAMO_ONNX_EXPORT
 
 from inference_helpers import run_tool
+from test_stock_fastreid_script import SETUP
 from test_train_net import TINY, train_net
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -298,17 +299,7 @@ FASTDISTILL_SCRIPT = textwrap.dedent('''
     from fastreid.config import get_cfg
     from fastreid.engine import DefaultTrainer, default_argument_parser, default_setup, launch
     from fastreid.utils.checkpoint import Checkpointer
-
-
-    def setup(args):
-        cfg = get_cfg()
-        scsn.add_scsn_config(cfg)  # the second: SCSN's config keys, before merging a config
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-        cfg.freeze()
-        default_setup(cfg, args)
-        return cfg
-
+''') + SETUP + textwrap.dedent('''
 
     def main(args):
         cfg = setup(args)

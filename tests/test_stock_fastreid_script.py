@@ -10,6 +10,18 @@ import textwrap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# fast-reid's setup() with the second line; shared with the FastDistill-style script of tests/test_distillation.py.
+SETUP = textwrap.dedent('''
+    def setup(args):
+        cfg = get_cfg()
+        scsn.add_scsn_config(cfg)  # the second: SCSN's config keys, before merging an SCSN config
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts)
+        cfg.freeze()
+        default_setup(cfg, args)
+        return cfg
+''')
+
 SCRIPT = textwrap.dedent('''
     import scsn  # the first of the two lines: before any fastreid import
 
@@ -20,17 +32,7 @@ SCRIPT = textwrap.dedent('''
 
     from fastreid.config import get_cfg
     from fastreid.engine import DefaultPredictor, DefaultTrainer, default_argument_parser, default_setup, launch
-
-
-    def setup(args):
-        cfg = get_cfg()
-        scsn.add_scsn_config(cfg)  # the second: SCSN's config keys, before merging an SCSN config
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-        cfg.freeze()
-        default_setup(cfg, args)
-        return cfg
-
+''') + SETUP + textwrap.dedent('''
 
     def main(args):
         cfg = setup(args)
