@@ -20,7 +20,8 @@ names the first three; a constraints file holds the others); packages setup.cfg 
 resolves them. ``newest``: nothing held, so every package is the newest release the registry serves. Either way the
 stack's constraints file replaces pip's configured one (PIP_CONSTRAINT): a machine's cap on torch would otherwise
 keep the newest release out. The record names each stack's versions, its passed/failed/skipped counts (with the
-reasons of the skips and the names of the failures), and the time the install and the suite took.
+reasons of the skips and the names of the failures), the commit tested and the time the install and the suite took.
+A run of some stacks replaces theirs in an existing record and keeps the others'.
 """
 import argparse
 import configparser
@@ -113,7 +114,7 @@ def freeze(python, names):
     return [line for line in out.stdout.splitlines() if line.split("==")[0].lower() in names]
 
 
-def build_and_test(stack, venvs, src, python):
+def build_and_test(stack, venvs, src, python, commit):
     """Steps 1-5 of the module docstring for ``stack`` in ``venvs/stack``, with the plugin from ``src`` -> its part of
     the record."""
     venv = os.path.join(venvs, stack)
@@ -162,6 +163,7 @@ def build_and_test(stack, venvs, src, python):
                                     capture_output=True, text=True, check=True).stdout.strip()
     declared = {req.name.lower() for req in requirements()}
     return {
+        "commit": commit,
         "held": "every dependency at its setup.cfg lower bound" if held else "nothing: the newest releases",
         "python": python_version,
         "versions": {name: v for name, v in sorted(versions.items()) if name in declared | {"fastreid", "scipy"}},
@@ -200,14 +202,16 @@ def main():
     results = {}
     for stack in stacks:
         print(f"{stack}: building {os.path.join(args.venvs, stack)} and running the suite", flush=True)
-        results[stack] = r = build_and_test(stack, args.venvs, src, args.python)
+        results[stack] = r = build_and_test(stack, args.venvs, src, args.python, commit)
         print(f"{stack}: torch {r['versions']['torch']}, numpy {r['versions']['numpy']}: {r['passed']} passed, "
               f"{r['failed']} failed, {r['skipped']} skipped; a plain `pip install -e .` would replace "
               f"{r['plain_install_would_replace'] or 'nothing'}", flush=True)
         if not args.keep:
             shutil.rmtree(os.path.join(args.venvs, stack))
-    scsn.results.write(args.out, scsn.results.record({"commit": commit, "platform": platform.platform(),
-                                                      "stacks": results}))
+    if os.path.isfile(args.out):
+        earlier = scsn.results.load(args.out)["stacks"]
+        results = {name: results.get(name, earlier.get(name)) for name in STACKS if name in results or name in earlier}
+    scsn.results.write(args.out, scsn.results.record({"platform": platform.platform(), "stacks": results}))
     if any(r["failed"] or {"torch", "torchvision"} & set(r["plain_install_would_replace"]) for r in results.values()):
         sys.exit("a stack failed: see " + args.out)
 

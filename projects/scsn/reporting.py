@@ -209,7 +209,8 @@ def compat(records, view="table", **options):
     """The ends of the supported range (tools/compat_matrix.py): ``view=line``, one line for README.md (each end's
     Python, torch, torchvision, numpy and test counts, then the provenance); ``view=table``, every declared
     dependency's version at each end, the counts, what a plain ``pip install -e .`` would have replaced of the
-    environment's torch, torchvision and numpy, the time of the install and of the suite, and why tests skipped."""
+    environment's torch, torchvision and numpy, the time of the install and of the suite, the commit each end tested, and
+    why tests skipped."""
     record = records[0]
     stacks = record["stacks"]
 
@@ -231,7 +232,8 @@ def compat(records, view="table", **options):
                  ", ".join(f"{k} {v}" for k, v in s["plain_install_would_replace"].items()) or "nothing"
                  for s in stacks.values()],
              ["install / suite"] + [f"{_minutes(s['install_s'])} / {_minutes(s['tests_s'])}"
-                                    for s in stacks.values()]]
+                                    for s in stacks.values()],
+             ["commit tested"] + [f"`{s['commit'][:7]}`" for s in stacks.values()]]
     skips = [f"{name}: {n} × {reason}" for name, s in stacks.items() for reason, n in s["skip_reasons"].items()]
     return (table(["", *stacks], rows) + ("\nSkipped: " + "; ".join(skips) + ".\n" if skips else "")
             + provenance(record))
