@@ -18,11 +18,12 @@ from fastreid.modeling import build_model
 from fastreid.utils.events import EventStorage
 from scsn.engine import build_config
 from scsn.errors import CheckpointError, CheckpointMismatchError, ConfigError
+from scsn.analysis.teacher import positive_mass, teacher_statistics
 from scsn.modeling.distillation import CascadeTeacherHead, similarity_distillation_loss
 from scsn.modeling.suppression import CascadedSuppressionHead
 from scsn.torch_support import DYNAMO_ONNX_EXPORT
 
-from inference_helpers import run_tool
+from inference_helpers import load_tool, run_tool
 from test_stock_fastreid_script import SETUP
 from test_train_net import TINY, train_net
 
@@ -369,3 +370,48 @@ def test_fastreids_fastdistill_script_with_the_two_lines(trained_teacher, tmp_pa
     assert proc.returncode == 0, log[-3000:]
     assert re.search(r"loss_jsdiv: \d", log) and re.search(r"loss_kd_descriptor: \d", log)
     assert (tmp_path / "out" / "model_final.pth").is_file()
+
+
+def test_positive_mass_matches_a_hand_computation():
+    """Image 0's neighbours at cosines 1 (same identity), 0 and -1 (others): at T = 1 its same-identity mass is
+    e / (e + 1 + 1/e)."""
+    features = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0], [-1.0, 0.0]])
+    mass = positive_mass(features, torch.tensor([0, 0, 1, 2]), temperature=1.0)
+    assert mass[0].item() == pytest.approx(math.e / (math.e + 1 + 1 / math.e), rel=1e-6)
+    assert mass[2].item() == 0 and mass[3].item() == 0  # no other image of their identity
+
+
+def test_teacher_statistics_read_the_teacher_as_distiller_runs_it(teacher):
+    """The first teacher's logits per KD.CASCADE_LOGITS and its descriptor, on the given batches, in the BN mode the
+    Distiller set; KD.CASCADE_LOGITS is left as it was."""
+    torch.manual_seed(3)
+    batches = [{"images": torch.rand(8, 3, 64, 32) * 255, "targets": TARGETS.clone()} for _ in range(2)]
+    stats = {}
+    for bn_eval in ("True", "False"):
+        model = build_model(student_cfg([teacher], "KD.TEACHER_BN_EVAL", bn_eval)).train()
+        stats[bn_eval] = teacher_statistics(model, batches, [0.1])
+        model_t = model.model_ts[0]
+        assert model_t.heads.logits == "mean"
+        with torch.no_grad():
+            outs = [model_t.heads(model_t.backbone(model.preprocess_image(b)), b["targets"]) for b in batches]
+        top1 = sum((o["pred_class_logits"].argmax(1) == TARGETS).sum().item() for o in outs) / 16
+        mass = sum(positive_mass(o["features"], TARGETS, 0.1).sum().item() for o in outs) / 16
+        assert stats[bn_eval]["logits"][0] == pytest.approx({"cascade_logits": "mean", "top1": top1,
+                                                             "p_true": stats[bn_eval]["logits"][0]["p_true"]})
+        assert stats[bn_eval]["descriptor"][0]["positive_mass"] == pytest.approx(mass, rel=1e-5)
+        assert [x["cascade_logits"] for x in stats[bn_eval]["logits"]] == ["mean", "stage1"]
+    assert stats["True"]["logits"][0]["p_true"] != pytest.approx(stats["False"]["logits"][0]["p_true"])
+
+
+def test_teacher_statistics_tool_on_a_trained_teacher(trained_teacher, tmp_path, monkeypatch):
+    root, kd = trained_teacher
+    monkeypatch.setenv("FASTREID_DATASETS", str(root / "data"))
+    record = run_tool("teacher_statistics", "--config-file", os.path.join(ROOT, "configs", "Synthetic", "distill",
+                                                                           "scsn_r18-bot_r18.yml"),
+                      "--batches", "2", "--out", str(tmp_path / "teacher.json"), *TINY, *kd)
+    assert [r["teacher_bn"] for r in record["rows"]] == list(load_tool("teacher_statistics").BN_MODES)
+    for row in record["rows"]:
+        assert row["images"] == 32 and all(0 <= x["top1"] <= 1 and 0 < x["p_true"] < 1 for x in row["logits"])
+        masses = [d["positive_mass"] for d in row["descriptor"]]
+        assert masses == sorted(masses, reverse=True)  # a lower temperature sharpens onto the nearest images
+    assert scsn.results.load(str(tmp_path / "teacher.json"))["rows"] == record["rows"]

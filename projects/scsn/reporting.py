@@ -179,6 +179,21 @@ def gates(records, **options):
     return table(["variant", "checkpoints"] + [q[2] for q in quantities], rows) + provenance(records[0])
 
 
+@renderer("teacher")
+def teacher(records, **options):
+    """What a teacher hands its student (tools/teacher_statistics.py): per teacher BN mode, its logits' top-1 accuracy
+    and true-identity probability per KD.CASCADE_LOGITS, and the descriptor loss's mass on same-identity images per
+    temperature."""
+    record = records[0]
+    temperatures = [d["temperature"] for d in record["rows"][0]["descriptor"]]
+    rows = [[r["teacher_bn"], x["cascade_logits"], f"{x['top1']:.3f}", f"{x['p_true']:.3f}"]
+            + [f"{d['positive_mass']:.3f}" if x is r["logits"][0] else "" for d in r["descriptor"]]
+            for r in record["rows"] for x in r["logits"]]
+    return table(["teacher BN", "KD.CASCADE_LOGITS", "logits: top-1", "p(true identity)"]
+                 + [f"descriptor loss at T = {t}: mass on same identity" for t in temperatures], rows) + \
+        provenance(record)
+
+
 def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 

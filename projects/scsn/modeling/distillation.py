@@ -20,12 +20,12 @@ from torch import nn
 
 from ..errors import ConfigError
 
-__all__ = ["CASCADE_LOGITS", "CascadeTeacherHead", "similarity_distillation_loss"]
+__all__ = ["CASCADE_LOGITS", "CascadeTeacherHead", "neighbour_log_probs", "similarity_distillation_loss"]
 
 CASCADE_LOGITS = ("mean", "stage1")
 
 
-def _neighbour_log_probs(features: torch.Tensor, temperature: float) -> torch.Tensor:
+def neighbour_log_probs(features: torch.Tensor, temperature: float) -> torch.Tensor:
     """(B, D) -> (B, B - 1): each row's log-softmax over its cosine similarities to the other B - 1 images."""
     normed = F.normalize(features, dim=1)
     b = normed.shape[0]
@@ -43,8 +43,8 @@ def similarity_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, t
     if student.shape[0] != teacher.shape[0] or student.shape[0] < 2:
         raise ValueError(f"Need the same batch of >= 2 images, got {tuple(student.shape)} and {tuple(teacher.shape)}.")
     with torch.autocast(student.device.type, enabled=False):
-        log_q = _neighbour_log_probs(student.float(), temperature)
-        log_p = _neighbour_log_probs(teacher.detach().float(), temperature)
+        log_q = neighbour_log_probs(student.float(), temperature)
+        log_p = neighbour_log_probs(teacher.detach().float(), temperature)
         return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
 
 
