@@ -33,10 +33,11 @@ def main(args):
     temperatures = [float(t) for t in args.temperatures.split(",")]
     if min(temperatures) <= 0:
         raise ConfigError(f"--temperatures must be > 0, got {args.temperatures}.")
-    cfg = build_config(args.config_file, [*args.opts, "DATALOADER.NUM_WORKERS", "0", "MODEL.BACKBONE.PRETRAIN", "False"])
+    cfg = build_config(args.config_file, [*args.opts, "DATALOADER.NUM_WORKERS", "0", "MODEL.BACKBONE.PRETRAIN", "False",
+                                          "SEED", str(args.seed)])
     if cfg.MODEL.META_ARCHITECTURE != "Distiller":
         raise ConfigError(f"{args.config_file} is not a Distiller config (MODEL.META_ARCHITECTURE Distiller).")
-    torch.manual_seed(cfg.SEED)
+    torch.manual_seed(args.seed)
     loader = build_reid_train_loader(cfg)
     batches = list(itertools.islice(iter(loader), args.batches))
     rows = []
@@ -53,7 +54,7 @@ def main(args):
     print(tabulate([[r["teacher_bn"], x["temperature"], f"{x['positive_mass']:.3f}"] for r in rows for x in r["descriptor"]],
                    headers=["teacher BN", "temperature", "mass on same identity"], tablefmt="pipe"))
     record = scsn.results.record({"benchmark": "teacher", "config": args.config_file,
-                                  "teachers": list(cfg.KD.MODEL_WEIGHTS), "batches": args.batches, "rows": rows})
+                                  "teachers": list(cfg.KD.MODEL_WEIGHTS), "batches": args.batches, "seed": args.seed, "rows": rows})
     scsn.results.write(args.out, record)
     print(f"wrote {args.out}")
     return record
@@ -63,6 +64,7 @@ def get_parser():
     p = cli.parser(__doc__.split("\n\n")[0])
     p.add_argument("--batches", type=int, default=16, help="training batches of the student's loader")
     p.add_argument("--temperatures", default="0.05,0.1,0.2", help="descriptor-loss temperatures, comma-separated")
+    p.add_argument("--seed", type=int, default=0, help="the run seed that draws the batches (SEED)")
     p.add_argument("--out", required=True, help="JSON file to write")
     return p
 
