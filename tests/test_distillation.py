@@ -180,7 +180,8 @@ def test_a_teacher_of_other_identities_teaches_through_the_descriptor_alone(teac
 
 @pytest.mark.parametrize("opts,error,message", [
     (["KD.MODEL_WEIGHTS", '("a.pth", "b.pth")'], ConfigError, "lists 1 teacher configs but KD.MODEL_WEIGHTS 2"),
-    (["KD.MODEL_CONFIG", '("missing/config.yaml",)'], ConfigError, r"KD.MODEL_CONFIG\[0\] 'missing/config.yaml' is not"),
+    (["KD.MODEL_CONFIG", '("missing/config.yaml",)'], ConfigError,
+     r"KD.MODEL_CONFIG\[0\] 'missing/config.yaml' is not"),
     (["KD.MODEL_WEIGHTS", '("missing.pth",)'], CheckpointError, r"KD.MODEL_WEIGHTS\[0\] 'missing.pth' is not a file"),
     (["KD.MODEL_CONFIG", "()", "KD.MODEL_WEIGHTS", "()"], ConfigError, "needs a teacher"),
     (["KD.CASCADE_LOGITS", "max"], ConfigError, "KD.CASCADE_LOGITS must be one of"),

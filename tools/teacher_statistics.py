@@ -16,11 +16,11 @@ import torch
 import scsn  # noqa: F401  (before any fastreid import)
 from fastreid.data import build_reid_train_loader
 from fastreid.modeling import build_model
-from tabulate import tabulate
 
 import scsn.results
 from scsn.analysis.teacher import teacher_statistics
 from scsn.engine import build_config, cli
+from scsn.reporting import RENDERERS
 from scsn.errors import ConfigError
 
 BN_MODES = {"running statistics (KD.TEACHER_BN_EVAL True)": True,
@@ -48,13 +48,9 @@ def main(args):
             "MODEL.HEADS.NUM_CLASSES", str(loader.dataset.num_classes)]))
         rows.append({"teacher_bn": mode, **teacher_statistics(model.train(), batches, temperatures)})
 
-    print(tabulate([[r["teacher_bn"], x["cascade_logits"], f"{x['top1']:.3f}", f"{x['p_true']:.3f}"]
-                    for r in rows for x in r["logits"]],
-                   headers=["teacher BN", "logits", "top-1", "p(true identity)"], tablefmt="pipe"))
-    print(tabulate([[r["teacher_bn"], x["temperature"], f"{x['positive_mass']:.3f}"] for r in rows for x in r["descriptor"]],
-                   headers=["teacher BN", "temperature", "mass on same identity"], tablefmt="pipe"))
-    record = scsn.results.record({"benchmark": "teacher", "config": args.config_file,
-                                  "teachers": list(cfg.KD.MODEL_WEIGHTS), "batches": args.batches, "seed": args.seed, "rows": rows})
+    record = scsn.results.record({"benchmark": "teacher", "config": args.config_file, "seed": args.seed,
+                                  "teachers": list(cfg.KD.MODEL_WEIGHTS), "batches": args.batches, "rows": rows})
+    print(RENDERERS["teacher"]([record]))
     scsn.results.write(args.out, record)
     print(f"wrote {args.out}")
     return record

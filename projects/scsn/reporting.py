@@ -190,7 +190,8 @@ def teacher(records, **options):
             + [f"{d['positive_mass']:.3f}" if x is r["logits"][0] else "" for d in r["descriptor"]]
             for r in record["rows"] for x in r["logits"]]
     return table(["teacher BN", "KD.CASCADE_LOGITS", "logits: top-1", "p(true identity)"]
-                 + [f"descriptor loss at T = {t}: mass on same identity" for t in temperatures], rows) + \
+                 + [f"descriptor loss at T = {t}: mass on same identity" for t in temperatures], rows) \
+        + \
         provenance(record)
 
 
@@ -224,8 +225,8 @@ def compat(records, view="table", **options):
     """The ends of the supported range (tools/compat_matrix.py): ``view=line``, one line for README.md (each end's
     Python, torch, torchvision, numpy and test counts, then the provenance); ``view=table``, every declared
     dependency's version at each end, the counts, what a plain ``pip install -e .`` would have replaced of the
-    environment's torch, torchvision and numpy, the time of the install and of the suite, the commit each end tested, and
-    why tests skipped."""
+    environment's torch, torchvision and numpy, the time of the install and of the suite, the commit each end
+    tested, and why tests skipped."""
     record = records[0]
     stacks = record["stacks"]
 
@@ -234,7 +235,7 @@ def compat(records, view="table", **options):
 
     if view == "line":
         ends = "; ".join(f"**{name}** Python {s['python']}, torch {s['versions']['torch']}, torchvision "
-                         f"{s['versions']['torchvision']}, numpy {s['versions']['numpy']}: {counts(s)}"
+                         f"{s['versions']['torchvision']}, numpy {s['versions']['numpy']}: {counts(s)} at `{s['commit'][:7]}`"
                          for name, s in stacks.items())
         return (f"Tested ends (`make compat`: the whole suite, a fresh environment each): {ends}. "
                 f"{provenance(record).strip()}\n")
