@@ -343,6 +343,7 @@ def draw_front(records, path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     points = front_points(records)
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
@@ -352,6 +353,9 @@ def draw_front(records, path: str) -> None:
                     color="tab:green" if student else ("tab:red" if "SCSN" in p["name"] else "tab:blue"))
         ax.annotate(p["name"], (p["img_s"], p["mAP"]), textcoords="offset points", xytext=(6, 4), fontsize=7)
     ax.set_xscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
     ax.set_xlabel("inference images/s, fastest CPU path (log scale)")
     ax.set_ylabel("mAP on SyntheticReID (mean ± std, seeds)")
     ax.set_title("Which model to deploy: accuracy against speed", fontsize=10)
