@@ -87,6 +87,8 @@ SUITES = {
         "SCSN-R18 -> BoT-R18: logits": D + "scsn_r18-bot_r18.yml",
         "SCSN-R18 -> BoT-R18: descriptor": D + "scsn_r18-bot_r18_descriptor.yml",
         "SCSN-R18 -> BoT-R18: logits + descriptor": D + "scsn_r18-bot_r18_logits_descriptor.yml",
+        "SBS-R18": S + "sbs_r18.yml",
+        "SCSN-R18 -> SBS-R18: logits + descriptor": D + "scsn_r18-sbs_r18_logits_descriptor.yml",
     },
     # The choices behind the Distiller defaults: what the logit loss takes from a cascade teacher, the teacher's BN
     # mode, the descriptor loss's temperature.
@@ -159,7 +161,8 @@ def run(name, config, seed, args):
     if proc.returncode != 0:
         raise RuntimeError(f"{name} (seed {seed}) failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
     result = {**read_metrics(out_dir, args.dataset), "seed": seed, "seconds": round(time.time() - start),
-              "commit": scsn.results.git_commit(), "run_dir": os.path.relpath(out_dir, args.work_dir)}
+              "threads": args.threads, "commit": scsn.results.git_commit(),
+              "run_dir": os.path.relpath(out_dir, args.work_dir)}
     scsn.results.write(record_file, result)
     print(f"  {name:36s} seed {seed}: mAP {result['mAP']:.2f}  Rank-1 {result['Rank-1']:.2f}  "
           f"({result['seconds']} s)", flush=True)
