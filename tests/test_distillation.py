@@ -248,11 +248,13 @@ def test_every_distill_config_is_found():
 
 
 # Leaves that differ only in data, teacher run, the depth of fast-reid's ResNet (tests/test_configs.py builds those)
-# or a KD setting the tests above cover distill alike: train each set of losses once per family, the first leaf.
+# or a KD setting the tests above cover distill alike: train each set of losses once per family and student
+# classifier (BoT's linear layer, SBS's CircleSoftmax), the first leaf.
 _UNIQUE = {}
 for _path in sorted(DISTILL, key=lambda p: "choices" in p):
-    _kd = build_config(_path).KD
-    _UNIQUE.setdefault(("Synthetic" in _path, _kd.LOGIT_WEIGHT > 0, _kd.DESCRIPTOR.WEIGHT > 0), _path)
+    _cfg = build_config(_path)
+    _UNIQUE.setdefault(("Synthetic" in _path, _cfg.KD.LOGIT_WEIGHT > 0, _cfg.KD.DESCRIPTOR.WEIGHT > 0,
+                        _cfg.MODEL.HEADS.CLS_LAYER), _path)
 
 
 @pytest.mark.parametrize("path", DISTILL, ids=lambda p: os.path.relpath(p, ROOT))
