@@ -159,6 +159,25 @@ def test_several_teachers_and_the_ema_copy(teacher, tmp_path):
     assert torch.isfinite(losses["loss_jsdiv"])
 
 
+def test_the_student_backbone_starts_from_the_teachers(teacher):
+    model = build_model(student_cfg([teacher], "KD.INIT_FROM_TEACHER", "True", "KD.EMA.ENABLED", "True"))
+    ema, model_t = model.model_ts
+    student = model.backbone.state_dict()
+    assert student.keys() <= model_t.backbone.state_dict().keys()  # ResNet18's every tensor, without RDAM and NMFF
+    assert all(torch.equal(v, model_t.backbone.state_dict()[k]) for k, v in student.items())
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), ema.parameters()))  # the EMA copy starts there
+    assert not torch.equal(build_model(student_cfg([teacher])).backbone.conv1.weight, model_t.backbone.conv1.weight)
+    losses = train_step(model)
+    sum(losses.values()).backward()
+    assert model.backbone.conv1.weight.grad.abs().sum() > 0 and model_t.backbone.conv1.weight.grad is None
+
+
+def test_a_teacher_of_another_depth_cannot_start_the_student(teacher):
+    with pytest.raises(ConfigError, match=r"KD.INIT_FROM_TEACHER needs a teacher backbone of the student's depth.*"
+                                          r"\(first: layer1.2.conv1.weight\)"):
+        build_model(student_cfg([teacher], "KD.INIT_FROM_TEACHER", "True", "MODEL.BACKBONE.DEPTH", "34x"))
+
+
 def test_logit_weight_scales_fastreids_loss_and_zero_leaves_it_out(teacher):
     torch.manual_seed(0)
     reference = train_step(build_model(student_cfg([teacher])))["loss_jsdiv"]
@@ -185,8 +204,10 @@ def test_a_teacher_of_other_identities_teaches_through_the_descriptor_alone(teac
     (["KD.MODEL_WEIGHTS", '("missing.pth",)'], CheckpointError, r"KD.MODEL_WEIGHTS\[0\] 'missing.pth' is not a file"),
     (["KD.MODEL_CONFIG", "()", "KD.MODEL_WEIGHTS", "()"], ConfigError, "needs a teacher"),
     (["KD.CASCADE_LOGITS", "max"], ConfigError, "KD.CASCADE_LOGITS must be one of"),
+    (["KD.MODEL_CONFIG", "()", "KD.MODEL_WEIGHTS", "()", "KD.EMA.ENABLED", "True", "KD.INIT_FROM_TEACHER", "True"],
+     ConfigError, "KD.INIT_FROM_TEACHER starts the student from its first teacher"),
     (["KD.DESCRIPTOR.TEMPERATURE", "0.0"], ConfigError, "TEMPERATURE must be > 0"),
-    (["KD.LOGIT_WEIGHT", "0.0"], ConfigError, "both 0"),
+    (["KD.LOGIT_WEIGHT", "0.0"], ConfigError, "both 0 and KD.INIT_FROM_TEACHER is False"),
     (["MODEL.PIXEL_STD", "[1.0, 1.0, 1.0]"], ConfigError, "feeds the teacher the student's normalised images"),
     (["MODEL.HEADS.NAME", "CascadedSuppressionHead"], ConfigError, "SCSN's cascade can be a teacher"),
 ])

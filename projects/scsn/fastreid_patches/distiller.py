@@ -22,6 +22,8 @@ two lines. What upstream cannot do, and the patch for each:
   identities to be the student's), and ``KD.DESCRIPTOR.WEIGHT`` adds ``loss_kd_descriptor``
   (:func:`~scsn.modeling.distillation.similarity_distillation_loss`), averaged over the teachers as upstream
   averages its logit loss.
+- :22 the student starts at random (or ImageNet) initialisation. With ``KD.INIT_FROM_TEACHER`` its backbone starts
+  from the first teacher's (:func:`inherit_backbone`), and :68's EMA copy from that student.
 
 Bad settings stop before anything is built, with one message (:func:`check_kd_config`).
 """
@@ -46,7 +48,7 @@ from .precision import channels_last
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["apply", "check_kd_config", "teacher_config"]
+__all__ = ["apply", "check_kd_config", "inherit_backbone", "teacher_config"]
 
 
 def teacher_config():
@@ -67,14 +69,18 @@ def check_kd_config(cfg):
         raise ConfigError("MODEL.META_ARCHITECTURE Distiller needs a teacher: set KD.MODEL_CONFIG and "
                           "KD.MODEL_WEIGHTS (e.g. '(\"<run>/config.yaml\",)' and '(\"<run>/model_final.pth\",)'), or "
                           "KD.EMA.ENABLED True.")
+    if kd.INIT_FROM_TEACHER and not configs:
+        raise ConfigError("KD.INIT_FROM_TEACHER starts the student from its first teacher: set KD.MODEL_CONFIG and "
+                          "KD.MODEL_WEIGHTS, or KD.INIT_FROM_TEACHER False.")
     if issubclass(REID_HEADS_REGISTRY.get(cfg.MODEL.HEADS.NAME), CascadedSuppressionHead):
         raise ConfigError("MODEL.META_ARCHITECTURE Distiller trains a single-head student (fast-reid's Baseline: BoT, "
                           "AGW, SBS); SCSN's cascade can be a teacher (KD.MODEL_CONFIG), not the student.")
     if kd.LOGIT_WEIGHT < 0 or kd.DESCRIPTOR.WEIGHT < 0:
         raise ConfigError(f"KD.LOGIT_WEIGHT and KD.DESCRIPTOR.WEIGHT must be >= 0, got {kd.LOGIT_WEIGHT} and "
                           f"{kd.DESCRIPTOR.WEIGHT}.")
-    if kd.LOGIT_WEIGHT == 0 and kd.DESCRIPTOR.WEIGHT == 0:
-        raise ConfigError("KD.LOGIT_WEIGHT and KD.DESCRIPTOR.WEIGHT are both 0: the teachers would teach nothing.")
+    if kd.LOGIT_WEIGHT == 0 and kd.DESCRIPTOR.WEIGHT == 0 and not kd.INIT_FROM_TEACHER:
+        raise ConfigError("KD.LOGIT_WEIGHT and KD.DESCRIPTOR.WEIGHT are both 0 and KD.INIT_FROM_TEACHER is False: the "
+                          "teachers would teach nothing.")
     if kd.DESCRIPTOR.TEMPERATURE <= 0:
         raise ConfigError(f"KD.DESCRIPTOR.TEMPERATURE must be > 0, got {kd.DESCRIPTOR.TEMPERATURE}.")
     if kd.CASCADE_LOGITS not in CASCADE_LOGITS:
@@ -107,6 +113,22 @@ def check_kd_config(cfg):
         if list(cfg_t.INPUT.SIZE_TEST) != list(cfg.INPUT.SIZE_TRAIN):
             logger.warning("%s was evaluated at INPUT.SIZE_TEST %s; it sees the student's %s training images.",
                            where, list(cfg_t.INPUT.SIZE_TEST), list(cfg.INPUT.SIZE_TRAIN))
+
+
+def inherit_backbone(student: nn.Module, teacher: nn.Module) -> None:
+    """Copy ``teacher``'s backbone into ``student``'s, tensor by tensor by name. SCSN's backbone is fast-reid's
+    ResNet plus RDAM and NMFF: a BoT or SBS student of its depth finds every tensor of its own there. A student
+    tensor that the teacher lacks or holds at another shape (another depth or width, AGW's non-local blocks, IBN)
+    stops the run: half a copied network is no initialisation anyone measured."""
+    theirs, ours = teacher.state_dict(), student.state_dict()
+    unfit = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
+    if unfit:
+        raise ConfigError(
+            "KD.INIT_FROM_TEACHER needs a teacher backbone of the student's depth and width (SCSN-R18 -> BoT-R18, "
+            f"SCSN-R50 -> BoT-R50): {len(unfit)} of the student's {len(ours)} backbone tensors are missing from the "
+            f"teacher's or have another shape there (first: {unfit[0]}). Set KD.INIT_FROM_TEACHER False for this "
+            "pair.")
+    student.load_state_dict({k: theirs[k] for k in ours})
 
 
 def _build_teacher(cfg_t):
@@ -149,6 +171,12 @@ def _patch_init(upstream):
                 model_t.heads = CascadeTeacherHead(model_t.heads, cfg.KD.CASCADE_LOGITS)
             if cfg.KD.TEACHER_BN_EVAL:
                 _set_bn_eval(model_t)
+        if cfg.KD.INIT_FROM_TEACHER:
+            inherit_backbone(self.backbone, self.model_ts[first_teacher].backbone)
+            logger.info("KD.INIT_FROM_TEACHER: the student's backbone starts from teacher 0's.")
+            if self.ema_enabled and not cfg.MODEL.WEIGHTS:  # :68, the EMA copy starts as the student
+                for param_q, param_k in zip(self.parameters(), self.model_ts[0].parameters()):
+                    param_k.data.copy_(param_q.data)
         self.kd_logit_weight = cfg.KD.LOGIT_WEIGHT
         self.kd_descriptor_weight = cfg.KD.DESCRIPTOR.WEIGHT
         self.kd_temperature = cfg.KD.DESCRIPTOR.TEMPERATURE
