@@ -88,7 +88,7 @@ SUITES = {
         "SCSN-R18 -> BoT-R18: descriptor": D + "scsn_r18-bot_r18_descriptor.yml",
         "SCSN-R18 -> BoT-R18: logits + descriptor": D + "scsn_r18-bot_r18_logits_descriptor.yml",
         "SCSN-R18 -> BoT-R18: logits; backbone from the teacher": D + "scsn_r18-bot_r18_inherit.yml",
-        "SCSN-R18 -> BoT-R18: backbone from the teacher, no KD loss": D + "scsn_r18-bot_r18_inherit_only.yml",
+        "SCSN-R18 -> BoT-R18: backbone from the teacher; no KD loss": D + "scsn_r18-bot_r18_inherit_only.yml",
         "SBS-R18": S + "sbs_r18.yml",
         "SCSN-R18 -> SBS-R18: logits + descriptor": D + "scsn_r18-sbs_r18_logits_descriptor.yml",
     },
