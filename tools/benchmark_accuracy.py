@@ -89,6 +89,8 @@ SUITES = {
         "SCSN-R18 -> BoT-R18: logits + descriptor": D + "scsn_r18-bot_r18_logits_descriptor.yml",
         "SCSN-R18 -> BoT-R18: logits; backbone from the teacher": D + "scsn_r18-bot_r18_inherit.yml",
         "SCSN-R18 -> BoT-R18: backbone from the teacher; no KD loss": D + "scsn_r18-bot_r18_inherit_only.yml",
+        # A student that starts from its teacher has trained for the teacher's epochs and its own: BoT-R18 as long.
+        "BoT-R18 (2x epochs)": (S + "bagtricks_r18.yml", 2),
         "SBS-R18": S + "sbs_r18.yml",
         "SCSN-R18 -> SBS-R18: logits + descriptor": D + "scsn_r18-sbs_r18_logits_descriptor.yml",
     },
@@ -106,9 +108,15 @@ ROOT = scsn.results.ROOT
 METRICS = ("Rank-1", "Rank-5", "mAP", "mINP")
 
 
-def run_dir(config, seed, args):
+def spec(row):
+    """(config, epoch factor) of a suite row: a config, or (config, factor) for a row trained factor x --epochs."""
+    return row if isinstance(row, tuple) else (row, 1)
+
+
+def run_dir(config, seed, args, factor=1):
     name = os.path.splitext(os.path.relpath(config, S))[0]
-    return os.path.join(args.work_dir, name + ("_bf16" if args.bf16 else ""), f"seed{seed}")
+    suffix = ("_bf16" if args.bf16 else "") + (f"_x{factor}" if factor != 1 else "")
+    return os.path.join(args.work_dir, name + suffix, f"seed{seed}")
 
 
 def teachers(config):
@@ -139,13 +147,13 @@ def read_metrics(out_dir, dataset):
     return {k: results[k] for k in METRICS}
 
 
-def run(name, config, seed, args):
-    out_dir = run_dir(config, seed, args)
+def run(name, config, factor, seed, args):
+    out_dir, epochs = run_dir(config, seed, args, factor), args.epochs * factor
     cmd = [
         sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", config,
         "DATASETS.NAMES", f'("{args.dataset}",)', "DATASETS.TESTS", f'("{args.dataset}",)', "SEED", str(seed),
-        "SOLVER.MAX_EPOCH", str(args.epochs), "SOLVER.CHECKPOINT_PERIOD", str(args.epochs),
-        "TEST.EVAL_PERIOD", str(args.epochs), "SOLVER.AMP.ENABLED", str(args.bf16), "OUTPUT_DIR", out_dir,
+        "SOLVER.MAX_EPOCH", str(epochs), "SOLVER.CHECKPOINT_PERIOD", str(epochs),
+        "TEST.EVAL_PERIOD", str(epochs), "SOLVER.AMP.ENABLED", str(args.bf16), "OUTPUT_DIR", out_dir,
         *kd_overrides(config, seed, args), *args.opts,
     ]
     record_file = os.path.join(out_dir, "run.json")
@@ -171,15 +179,15 @@ def run(name, config, seed, args):
     return result
 
 
-def summarise(runs):
+def summarise(runs, epochs):
     def mean_std(values):
         return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
     rows = {}
-    for name, (config, per_seed) in runs.items():
+    for name, ((config, factor), per_seed) in runs.items():
         m, r1 = mean_std([r["mAP"] for r in per_seed]), mean_std([r["Rank-1"] for r in per_seed])
         rows[name] = {"config": config, "mAP_mean": m[0], "mAP_std": m[1], "R1_mean": r1[0], "R1_std": r1[1],
-                      "runs": per_seed}
+                      "runs": per_seed, **({"epochs": epochs * factor} if factor != 1 else {})}
     return rows
 
 
@@ -228,21 +236,22 @@ def main():
     # suites is trained once per seed. Teachers first, then the students that learn from them.
     jobs, students = {}, {}
     for suite_rows in rows.values():
-        for name, config in suite_rows.items():
+        for name, row in suite_rows.items():
+            config, factor = spec(row)
             found = teachers(config)
             for seed in seeds:
                 for teacher in found:
-                    jobs.setdefault((teacher, seed), f"{os.path.basename(teacher)} (teacher)")
-                (students if found else jobs).setdefault((config, seed), name)
+                    jobs.setdefault((teacher, 1, seed), f"{os.path.basename(teacher)} (teacher)")
+                (students if found else jobs).setdefault((config, factor, seed), name)
     runs = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for phase in (jobs, students):
-            futures = {key: pool.submit(run, name, key[0], key[1], args) for key, name in phase.items()}
+            futures = {key: pool.submit(run, name, *key, args) for key, name in phase.items()}
             runs.update({key: future.result() for key, future in futures.items()})
 
     for suite, suite_rows in rows.items():
-        summary = summarise({name: (config, [runs[(config, seed)] for seed in seeds])
-                             for name, config in suite_rows.items()})
+        summary = summarise({name: (spec(row), [runs[(*spec(row), seed)] for seed in seeds])
+                             for name, row in suite_rows.items()}, args.epochs)
         title = f"{suite} ({args.dataset}, {args.epochs} epochs, seeds {seeds}{', bf16' if args.bf16 else ''})"
         print_table(title, summary)
         out = args.out or os.path.join(ROOT, "results", f"accuracy_{suite}{'_bf16' if args.bf16 else ''}.json")
