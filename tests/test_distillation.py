@@ -160,7 +160,9 @@ def test_several_teachers_and_the_ema_copy(teacher, tmp_path):
 
 
 def test_the_student_backbone_starts_from_the_teachers(teacher):
-    model = build_model(student_cfg([teacher], "KD.INIT_FROM_TEACHER", "True", "KD.EMA.ENABLED", "True"))
+    # MODEL.BACKBONE.PRETRAIN True: ImageNet's weights, which the teacher's replace, are not fetched (offline here).
+    model = build_model(student_cfg([teacher], "KD.INIT_FROM_TEACHER", "True", "KD.EMA.ENABLED", "True",
+                                    "MODEL.BACKBONE.PRETRAIN", "True"))
     ema, model_t = model.model_ts
     student = model.backbone.state_dict()
     assert student.keys() <= model_t.backbone.state_dict().keys()  # ResNet18's every tensor, without RDAM and NMFF
@@ -269,13 +271,13 @@ def test_every_distill_config_is_found():
 
 
 # Leaves that differ only in data, teacher run, the depth of fast-reid's ResNet (tests/test_configs.py builds those)
-# or a KD setting the tests above cover distill alike: train each set of losses once per family and student
-# classifier (BoT's linear layer, SBS's CircleSoftmax), the first leaf.
+# or a KD setting the tests above cover distill alike: train each set of losses and of KD.INIT_FROM_TEACHER once per
+# family and student classifier (BoT's linear layer, SBS's CircleSoftmax), the first leaf.
 _UNIQUE = {}
 for _path in sorted(DISTILL, key=lambda p: "choices" in p):
     _cfg = build_config(_path)
     _UNIQUE.setdefault(("Synthetic" in _path, _cfg.KD.LOGIT_WEIGHT > 0, _cfg.KD.DESCRIPTOR.WEIGHT > 0,
-                        _cfg.MODEL.HEADS.CLS_LAYER), _path)
+                        _cfg.KD.INIT_FROM_TEACHER, _cfg.MODEL.HEADS.CLS_LAYER), _path)
 
 
 @pytest.mark.parametrize("path", DISTILL, ids=lambda p: os.path.relpath(p, ROOT))
@@ -306,7 +308,8 @@ def test_distill_configs_train_with_their_teachers(path, recipe_runs):
     model.train()
     with EventStorage(0):
         losses = model({"images": torch.rand(4, 3, 128, 64) * 255, "targets": torch.tensor([0, 0, 1, 1])})
-    assert any(k in losses for k in ("loss_jsdiv", "loss_kd_descriptor"))
+    kd_losses = {"loss_jsdiv": cfg.KD.LOGIT_WEIGHT > 0, "loss_kd_descriptor": cfg.KD.DESCRIPTOR.WEIGHT > 0}
+    assert {k for k, on in kd_losses.items() if on} == set(losses) & set(kd_losses)
     assert all(torch.isfinite(v) for v in losses.values())
     model.eval()
     with torch.no_grad():

@@ -23,7 +23,8 @@ two lines. What upstream cannot do, and the patch for each:
   (:func:`~scsn.modeling.distillation.similarity_distillation_loss`), averaged over the teachers as upstream
   averages its logit loss.
 - :22 the student starts at random (or ImageNet) initialisation. With ``KD.INIT_FROM_TEACHER`` its backbone starts
-  from the first teacher's (:func:`inherit_backbone`), and :68's EMA copy from that student.
+  from the first teacher's (:func:`inherit_backbone`; no ImageNet weights are fetched for it), and :68's EMA copy
+  from that student.
 
 Bad settings stop before anything is built, with one message (:func:`check_kd_config`).
 """
@@ -155,6 +156,10 @@ def _patch_init(upstream):
     @functools.wraps(upstream)
     def __init__(self, cfg):
         check_kd_config(cfg)
+        if cfg.KD.INIT_FROM_TEACHER and cfg.MODEL.BACKBONE.PRETRAIN:  # the teacher's backbone replaces ImageNet's
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.MODEL.BACKBONE.PRETRAIN = False
         try:
             upstream(self, cfg)
         except CheckpointError as e:
