@@ -110,6 +110,19 @@ ROOT = scsn.results.ROOT
 METRICS = ("Rank-1", "Rank-5", "mAP", "mINP")
 
 
+def pick(text, known):
+    """The row names in comma-separated ``text`` (a name may hold commas: "add, GeM"), and the first unknown piece
+    (None when every piece is a row)."""
+    names, rest = [], text
+    while rest:
+        name = next((n for n in sorted(known, key=len, reverse=True) if rest == n or rest.startswith(n + ",")), None)
+        if name is None:
+            return names, rest.split(",")[0]
+        names.append(name)
+        rest = rest[len(name) + 1:]
+    return names, None
+
+
 def spec(row):
     """(config, epoch factor) of a suite row: a config, or (config, factor) for a row trained factor x --epochs."""
     return row if isinstance(row, tuple) else (row, 1)
@@ -227,10 +240,10 @@ def main():
         parser.error("--out names one file: give one --suite with it")
     rows = {suite: dict(SUITES[suite]) for suite in suites}
     if args.models:
-        names = args.models.split(",")
-        missing = [n for n in names if not any(n in r for r in rows.values())]
-        if missing:
-            parser.error(f"unknown models {missing}; choose from {[n for r in rows.values() for n in r]}")
+        known = [n for r in rows.values() for n in r]
+        names, unknown = pick(args.models, known)
+        if unknown:
+            parser.error(f"unknown model {unknown!r}; choose from {known}")
         rows = {suite: {n: c for n, c in r.items() if n in names} for suite, r in rows.items()}
     seeds = [int(s) for s in args.seeds.split(",")]
 
