@@ -67,8 +67,8 @@ def add_scsn_config(cfg):
     _C.KD.CASCADE_LOGITS = "mean"
     # Teachers' BatchNorm layers use their running statistics (the teacher as evaluated) instead of each batch's.
     _C.KD.TEACHER_BN_EVAL = True
-    # The student's backbone starts from the first teacher's, tensor by tensor where the names match (a teacher of
-    # the student's depth: SCSN-R18 -> BoT-R18); MODEL.WEIGHTS and --resume still load over it.
+    # The student's backbone starts from the first teacher's, every tensor by name (a teacher of the student's depth
+    # and width: SCSN-R18 -> BoT-R18); MODEL.WEIGHTS and --resume still load over it.
     _C.KD.INIT_FROM_TEACHER = False
     # Descriptor loss (scsn/modeling/distillation.py): the student's in-batch similarity distribution learns the
     # teacher's. Its weight; 0 turns it off.

@@ -179,9 +179,8 @@ def _patch_init(upstream):
         if cfg.KD.INIT_FROM_TEACHER:
             inherit_backbone(self.backbone, self.model_ts[first_teacher].backbone)
             logger.info("KD.INIT_FROM_TEACHER: the student's backbone starts from teacher 0's.")
-            if self.ema_enabled and not cfg.MODEL.WEIGHTS:  # :68, the EMA copy starts as the student
-                for param_q, param_k in zip(self.parameters(), self.model_ts[0].parameters()):
-                    param_k.data.copy_(param_q.data)
+            if self.ema_enabled and not cfg.MODEL.WEIGHTS:  # :68, the EMA copy starts as the student: momentum 0
+                self._momentum_update_key_encoder(0.0)
         self.kd_logit_weight = cfg.KD.LOGIT_WEIGHT
         self.kd_descriptor_weight = cfg.KD.DESCRIPTOR.WEIGHT
         self.kd_temperature = cfg.KD.DESCRIPTOR.TEMPERATURE
