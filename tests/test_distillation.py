@@ -19,7 +19,8 @@ from fastreid.utils.events import EventStorage
 from scsn.engine import build_config
 from scsn.errors import CheckpointError, CheckpointMismatchError, ConfigError
 from scsn.analysis.teacher import positive_mass, teacher_statistics
-from scsn.modeling.distillation import CascadeTeacherHead, similarity_distillation_loss
+from scsn.modeling.distillation import (CascadeTeacherHead, StageTap, attention_transfer_loss,
+                                        similarity_distillation_loss)
 from scsn.modeling.suppression import CascadedSuppressionHead
 from scsn.torch_support import DYNAMO_ONNX_EXPORT
 
@@ -102,6 +103,63 @@ def test_similarity_loss_sees_only_the_geometry_and_trains_only_the_student():
     loss = similarity_distillation_loss(student, teacher, 0.05)
     loss.backward()
     assert loss.item() > 0 and student.grad.abs().sum() > 0 and teacher.grad is None
+
+
+def test_attention_transfer_loss_matches_a_hand_computation():
+    # One stage: the student's 2x2 map of 2 channels, the teacher's 4x4 map of 1 channel (pooled to 2x2).
+    student = torch.tensor([[[[1.0, 2.0], [0.0, 1.0]], [[1.0, 0.0], [2.0, 1.0]]]], requires_grad=True)
+    teacher = torch.arange(16.0).view(1, 1, 4, 4)
+    s = [(1 + 1) / 2, (4 + 0) / 2, (0 + 4) / 2, (1 + 1) / 2]  # channel means of the squares, row by row
+    t = [sum(v * v for v in (a, a + 1, a + 4, a + 5)) / 4 for a in (0.0, 2.0, 8.0, 10.0)]  # 2x2 means of squares
+
+    def unit(v):
+        n = math.sqrt(sum(x * x for x in v))
+        return [x / n for x in v]
+
+    expected = 1000 / 2 * sum((a - b) ** 2 for a, b in zip(unit(s), unit(t))) / 4
+    loss = attention_transfer_loss([student], [teacher], 1000.0)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    same = attention_transfer_loss([teacher * 3.0], [torch.cat([teacher, teacher, -teacher], dim=1)], 1000.0)
+    assert same.item() == pytest.approx(0.0, abs=1e-6)  # scale and width do not matter, where the energy is does
+    loss.backward()
+    assert student.grad.abs().sum() > 0
+
+
+def test_stage_taps_read_each_stage_of_the_student_and_the_scsn_teacher(teacher):
+    images = torch.rand(2, 3, 64, 32)
+    scsn_backbone = teacher[2].backbone.train()
+    bot_backbone = build_model(build_config(BOT, SMALL)).backbone.train()
+    taps = StageTap(scsn_backbone, "teacher"), StageTap(bot_backbone, "student")
+    with torch.no_grad():
+        scsn_backbone(images)
+        bot_backbone(images)
+        expected = [scsn_backbone.stage_features(images), []]
+        x = bot_backbone.maxpool(bot_backbone.relu(bot_backbone.bn1(bot_backbone.conv1(images))))
+        for stage in (bot_backbone.layer1, bot_backbone.layer2, bot_backbone.layer3, bot_backbone.layer4):
+            x = stage(x)
+            expected[1].append(x)
+    for tap, maps in zip(taps, expected):
+        assert all(torch.allclose(a, b) for a, b in zip(tap.take(), maps))
+    assert [m.shape[-2:] for m in expected[0]] == [(16, 8), (8, 4), (8, 4), (8, 4)]  # SCSN: stages 3, 4 at stride 1
+    assert [m.shape[-2:] for m in expected[1]] == [(16, 8), (8, 4), (4, 2), (4, 2)]
+    with torch.no_grad():
+        bot_backbone.eval()(images)
+    with pytest.raises(RuntimeError, match="before a training forward"):  # eval forwards keep nothing
+        taps[1].take()
+    with pytest.raises(ConfigError, match="the student's Linear has none. Set KD.ATTENTION.WEIGHT 0"):
+        StageTap(torch.nn.Linear(2, 2), "student")
+
+
+def test_an_scsn_teacher_teaches_its_attention_maps(teacher):
+    model = build_model(student_cfg([teacher], "KD.LOGIT_WEIGHT", "0.0", "KD.ATTENTION.WEIGHT", "1000.0"))
+    losses = train_step(model)
+    assert set(losses) == {"loss_cls", "loss_triplet", "loss_kd_attention"}
+    assert torch.isfinite(losses["loss_kd_attention"]) and losses["loss_kd_attention"] > 0
+    losses["loss_kd_attention"].backward()
+    assert model.backbone.layer1[0].conv1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.model_ts[0].parameters())
+    assert all(m is None for tap in model.kd_taps for m in tap.maps)  # released after the loss
+    assert not any("tap" in k for k in model.state_dict())
 
 
 def test_cascade_teacher_head_gives_distiller_one_dict(teacher):
@@ -209,7 +267,8 @@ def test_a_teacher_of_other_identities_teaches_through_the_descriptor_alone(teac
     (["KD.MODEL_CONFIG", "()", "KD.MODEL_WEIGHTS", "()", "KD.EMA.ENABLED", "True", "KD.INIT_FROM_TEACHER", "True"],
      ConfigError, "KD.INIT_FROM_TEACHER starts the student from its first teacher"),
     (["KD.DESCRIPTOR.TEMPERATURE", "0.0"], ConfigError, "TEMPERATURE must be > 0"),
-    (["KD.LOGIT_WEIGHT", "0.0"], ConfigError, "both 0 and KD.INIT_FROM_TEACHER is False"),
+    (["KD.LOGIT_WEIGHT", "0.0"], ConfigError, "all 0 and KD.INIT_FROM_TEACHER is False"),
+    (["KD.ATTENTION.WEIGHT", "-1.0"], ConfigError, r"KD loss weights must be >= 0, got \{'KD.ATTENTION.WEIGHT': -1.0\}"),
     (["MODEL.PIXEL_STD", "[1.0, 1.0, 1.0]"], ConfigError, "feeds the teacher the student's normalised images"),
     (["MODEL.HEADS.NAME", "CascadedSuppressionHead"], ConfigError, "SCSN's cascade can be a teacher"),
 ])

@@ -87,6 +87,7 @@ SUITES = {
         "SCSN-R18 -> BoT-R18: logits": D + "scsn_r18-bot_r18.yml",
         "SCSN-R18 -> BoT-R18: descriptor": D + "scsn_r18-bot_r18_descriptor.yml",
         "SCSN-R18 -> BoT-R18: logits + descriptor": D + "scsn_r18-bot_r18_logits_descriptor.yml",
+        "SCSN-R18 -> BoT-R18: attention maps": D + "scsn_r18-bot_r18_attention.yml",
         "SCSN-R18 -> BoT-R18: logits; backbone from the teacher": D + "scsn_r18-bot_r18_inherit.yml",
         "SCSN-R18 -> BoT-R18: backbone from the teacher; no KD loss": D + "scsn_r18-bot_r18_inherit_only.yml",
         # A student that starts from its teacher has trained for the teacher's epochs and its own: BoT-R18 as long,

@@ -76,4 +76,8 @@ def add_scsn_config(cfg):
     _C.KD.DESCRIPTOR.WEIGHT = 0.0
     # Temperature of the softmax over each image's cosine similarities to the rest of the batch.
     _C.KD.DESCRIPTOR.TEMPERATURE = 0.1
+    # Attention transfer (scsn/modeling/distillation.py): the student's stage attention maps learn the teachers'.
+    # Its beta (Zagoruyko and Komodakis use 1000); 0 turns it off.
+    _C.KD.ATTENTION = CN()
+    _C.KD.ATTENTION.WEIGHT = 0.0
     return cfg

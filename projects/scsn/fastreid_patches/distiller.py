@@ -22,6 +22,9 @@ two lines. What upstream cannot do, and the patch for each:
   identities to be the student's), and ``KD.DESCRIPTOR.WEIGHT`` adds ``loss_kd_descriptor``
   (:func:`~scsn.modeling.distillation.similarity_distillation_loss`), averaged over the teachers as upstream
   averages its logit loss.
+- :89-104 ``forward`` runs the student's and the teachers' backbones and keeps only their last maps. With
+  ``KD.ATTENTION.WEIGHT`` each backbone gets a :class:`~scsn.modeling.distillation.StageTap` and ``losses`` adds
+  ``loss_kd_attention`` (:func:`~scsn.modeling.distillation.attention_transfer_loss`), averaged over the teachers.
 - :22 the student starts at random (or ImageNet) initialisation. With ``KD.INIT_FROM_TEACHER`` its backbone starts
   from the first teacher's (:func:`inherit_backbone`; no ImageNet weights are fetched for it), and :68's EMA copy
   from that student.
@@ -43,7 +46,8 @@ from fastreid.utils.checkpoint import Checkpointer
 from ..config import add_scsn_config
 from ..engine.defaults import merge_config, resolve_device, runnable_device
 from ..errors import CheckpointError, ConfigError
-from ..modeling.distillation import CASCADE_LOGITS, CascadeTeacherHead, similarity_distillation_loss
+from ..modeling.distillation import (CASCADE_LOGITS, CascadeTeacherHead, StageTap, attention_transfer_loss,
+                                     similarity_distillation_loss)
 from ..modeling.suppression import CascadedSuppressionHead
 from .precision import channels_last
 
@@ -76,12 +80,14 @@ def check_kd_config(cfg):
     if issubclass(REID_HEADS_REGISTRY.get(cfg.MODEL.HEADS.NAME), CascadedSuppressionHead):
         raise ConfigError("MODEL.META_ARCHITECTURE Distiller trains a single-head student (fast-reid's Baseline: BoT, "
                           "AGW, SBS); SCSN's cascade can be a teacher (KD.MODEL_CONFIG), not the student.")
-    if kd.LOGIT_WEIGHT < 0 or kd.DESCRIPTOR.WEIGHT < 0:
-        raise ConfigError(f"KD.LOGIT_WEIGHT and KD.DESCRIPTOR.WEIGHT must be >= 0, got {kd.LOGIT_WEIGHT} and "
-                          f"{kd.DESCRIPTOR.WEIGHT}.")
-    if kd.LOGIT_WEIGHT == 0 and kd.DESCRIPTOR.WEIGHT == 0 and not kd.INIT_FROM_TEACHER:
-        raise ConfigError("KD.LOGIT_WEIGHT and KD.DESCRIPTOR.WEIGHT are both 0 and KD.INIT_FROM_TEACHER is False: the "
-                          "teachers would teach nothing.")
+    loss_weights = {"KD.LOGIT_WEIGHT": kd.LOGIT_WEIGHT, "KD.DESCRIPTOR.WEIGHT": kd.DESCRIPTOR.WEIGHT,
+                    "KD.ATTENTION.WEIGHT": kd.ATTENTION.WEIGHT}
+    negative = {k: v for k, v in loss_weights.items() if v < 0}
+    if negative:
+        raise ConfigError(f"KD loss weights must be >= 0, got {negative}.")
+    if not any(loss_weights.values()) and not kd.INIT_FROM_TEACHER:
+        raise ConfigError(f"{', '.join(loss_weights)} are all 0 and KD.INIT_FROM_TEACHER is False: the teachers would "
+                          "teach nothing.")
     if kd.DESCRIPTOR.TEMPERATURE <= 0:
         raise ConfigError(f"KD.DESCRIPTOR.TEMPERATURE must be > 0, got {kd.DESCRIPTOR.TEMPERATURE}.")
     if kd.CASCADE_LOGITS not in CASCADE_LOGITS:
@@ -184,6 +190,10 @@ def _patch_init(upstream):
         self.kd_logit_weight = cfg.KD.LOGIT_WEIGHT
         self.kd_descriptor_weight = cfg.KD.DESCRIPTOR.WEIGHT
         self.kd_temperature = cfg.KD.DESCRIPTOR.TEMPERATURE
+        self.kd_attention_weight = cfg.KD.ATTENTION.WEIGHT
+        if self.kd_attention_weight > 0:  # the student's tap first, then one per teacher (the EMA copy's first)
+            self.kd_taps = [StageTap(self.backbone, "student")] + [
+                StageTap(model_t.backbone, f"teacher {i}") for i, model_t in enumerate(self.model_ts)]
 
     return __init__
 
@@ -201,6 +211,11 @@ def _patch_losses(upstream):
             loss = sum(similarity_distillation_loss(s_outputs["features"], t["features"], self.kd_temperature)
                        for t in t_outputs)
             loss_dict["loss_kd_descriptor"] = loss * (self.kd_descriptor_weight / len(t_outputs))
+        if self.kd_attention_weight > 0:
+            student_maps = self.kd_taps[0].take()
+            loss = sum(attention_transfer_loss(student_maps, tap.take(), self.kd_attention_weight)
+                       for tap in self.kd_taps[1:])
+            loss_dict["loss_kd_attention"] = loss / len(t_outputs)
         return loss_dict
 
     return losses
