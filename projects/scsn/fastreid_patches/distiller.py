@@ -22,7 +22,7 @@ two lines. What upstream cannot do, and the patch for each:
   identities to be the student's), and ``KD.DESCRIPTOR.WEIGHT`` adds ``loss_kd_descriptor``
   (:func:`~scsn.modeling.distillation.similarity_distillation_loss`), averaged over the teachers as upstream
   averages its logit loss.
-- :89-104 ``forward`` runs the student's and the teachers' backbones and keeps only their last maps. With
+- :85-104 ``forward`` runs the student's and the teachers' backbones and keeps only their last maps. With
   ``KD.ATTENTION.WEIGHT`` each backbone gets a :class:`~scsn.modeling.distillation.StageTap` and ``losses`` adds
   ``loss_kd_attention`` (:func:`~scsn.modeling.distillation.attention_transfer_loss`), averaged over the teachers.
 - :22 the student starts at random (or ImageNet) initialisation. With ``KD.INIT_FROM_TEACHER`` its backbone starts
