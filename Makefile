@@ -8,9 +8,9 @@ export FASTREID_DATASETS ?= $(CURDIR)/datasets
 .PHONY: install demo test compat clean-venv
 
 $(VENV)/.installed: setup.cfg pyproject.toml
-	# The torch 2.14.1 wheel for x86_64 is a CUDA build: the finished .venv is about 6.1 GB; say so before pip runs out.
+	# The torch 2.14.1 wheel for x86_64 is a CUDA build: the finished .venv holds 6.1 GB; say so before pip runs out.
 	@$(PYTHON) -c "import shutil, sys; free = shutil.disk_usage('.').free / 2**30; \
-		free < 7 and sys.exit(f'make install: .venv needs about 7 GB of disk (torch 2.14.1 is a CUDA build), {free:.1f} GB free here')"
+		free < 7 and sys.exit(f'make install needs 7 GB free: the finished .venv holds 6.1 GB (torch 2.14.1 is a CUDA build); {free:.1f} GB free here')"
 	$(PYTHON) -m venv $(VENV)
 	# torch first: fastreid 1.4.0's metadata pins torch 1.13.1 (no Python 3.11 wheel), so it goes in with --no-deps.
 	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
